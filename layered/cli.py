@@ -1,0 +1,180 @@
+"""The ``layered`` command.
+
+    layered index PATH --out DIR       index a file or folder into a saved pipeline
+    layered ask DIR "question"         answer from a saved pipeline (add --json for data)
+    layered demo medical               the medical assistant on the bundled MedQuAD sample
+
+Answers go to stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a
+layered error (one line on stderr), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import layered
+from layered.errors import LayeredError
+
+log = logging.getLogger("layered")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="layered", description="Prompt -> retrieval -> fine-tuned generator, behind one Pipeline.")
+    p.add_argument("--version", action="version", version=f"layered {layered.__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr, no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ix = sub.add_parser("index", help="index a file or folder into a saved pipeline folder",
+                        description="Load, chunk and embed PATH (.jsonl, .csv, .txt, .md, or a folder of them) and save a pipeline to DIR.")
+    ix.add_argument("path", help="file or folder to index")
+    ix.add_argument("--out", required=True, help="folder to save the pipeline to (replaced atomically)")
+    ix.add_argument("--chunk-size", type=int, default=200, help="tokens per chunk (default 200)")
+    ix.add_argument("--chunk-overlap", type=int, default=40, help="tokens shared by neighbouring chunks (default 40)")
+    ix.add_argument("--text-field", action="append", dest="text_fields", metavar="FIELD",
+                    help="JSONL/CSV field(s) holding the text; repeat for several (default: auto)")
+    ix.add_argument("--id-field", help="JSONL/CSV field holding a unique document id (default: auto)")
+    ix.add_argument("-k", type=int, default=4, help="passages retrieved per question (default 4)")
+
+    ask = sub.add_parser("ask", help="answer a question from a saved pipeline",
+                         description="Answer QUESTION with the pipeline saved in DIR; prints the answer and its citations.")
+    ask.add_argument("dir", help="folder written by `layered index` or Pipeline.save")
+    ask.add_argument("question", help="the question")
+    ask.add_argument("-k", type=int, help="passages to retrieve (default: the pipeline's)")
+    ask.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the pipeline's)")
+    ask.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a prompt variable; repeatable")
+    out = ask.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the answer as JSON")
+    out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+
+    demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
+                          description="Build (or reuse from the cache) an index over bundled data and answer sample questions.")
+    demo.add_argument("name", choices=["medical"], help="which demo")
+    demo.add_argument("--cache-dir", help="where the index is cached (default: $LAYERED_CACHE or ~/.cache/layered)")
+    demo.add_argument("--rebuild", action="store_true", help="re-index even if a cached index exists")
+    demo.add_argument("--question", action="append", dest="questions", metavar="Q", help="ask this instead of the sample questions; repeatable")
+    demo.add_argument("--max-new-tokens", type=int, default=160, help="longest answer in tokens (default 160)")
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # Third-party loaders are chatty; keep stderr readable unless asked for debug logs.
+    for name in ("transformers", "sentence_transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _print_answer(answer: layered.Answer) -> None:
+    print(answer.text)
+    cited = {c.number for c in answer.citations}
+    if answer.sources:
+        print("Sources:")
+        for s in answer.sources:
+            mark = "*" if s.number in cited else " "
+            print(f" {mark}[{s.number}] {s.chunk_id}  {s.source}  (score {s.score:.3f})")
+        how = "cited by the model" if answer.metadata.get("citation_mode") == "model" else "supported by overlap"
+        print(f" (* = {how})")
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from layered.pipeline import Pipeline
+
+    t = time.perf_counter()
+    loader = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
+    pipe = Pipeline.from_defaults(
+        args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+        progress=not args.quiet, **loader,
+    )
+    path = pipe.save(args.out)
+    log.info("indexed %d chunks in %.1fs; saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
+    print(path)
+    return 0
+
+
+def _parse_vars(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise layered.errors.InputError(f"--var expects NAME=VALUE, got {pair!r}")
+        out[name] = value
+    return out
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from layered.pipeline import Pipeline
+
+    variables = _parse_vars(args.var)
+    pipe = Pipeline.load(args.dir)
+    if args.max_new_tokens:
+        pipe.generator.max_new_tokens = args.max_new_tokens
+    if args.stream:
+        for piece in pipe.stream(args.question, k=args.k, **variables):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    answer = pipe.ask(args.question, k=args.k, **variables)
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_answer(answer)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from layered.pipelines import medical
+
+    cache = Path(args.cache_dir) if args.cache_dir else medical.default_cache_dir() / "demo-medical"
+    t = time.perf_counter()
+    pipe, reused = medical.load_or_build(cache, rebuild=args.rebuild, progress=not args.quiet)
+    n = len(pipe.retriever)
+    if reused:
+        log.info("reusing the saved index in %s (%d chunks, nothing re-embedded)", cache, n)
+    else:
+        log.info("indexed the bundled MedQuAD sample: %d chunks in %.1fs, saved to %s", n, time.perf_counter() - t, cache)
+    log.info("data: %s", medical.ATTRIBUTION)
+    pipe.generator.max_new_tokens = args.max_new_tokens
+    for i, question in enumerate(args.questions or medical.DEMO_QUESTIONS):
+        if i:
+            print()
+        print(f"Q: {question}")
+        t = time.perf_counter()
+        answer = pipe.ask(question)
+        print("A: ", end="")
+        _print_answer(answer)
+        log.info("(%d tokens in %.1fs)", answer.generation.completion_tokens if answer.generation else 0, time.perf_counter() - t)
+    return 0
+
+
+COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except LayeredError as e:
+        print(f"layered: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("layered: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

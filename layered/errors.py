@@ -1,0 +1,50 @@
+"""Errors raised by layered.
+
+Every error derives from :class:`LayeredError`, so ``except LayeredError`` catches all of
+them. Each subclass also derives from the builtin it stands in for (``ValueError``,
+``OSError``...), so code written against the builtins keeps working.
+
+Messages are one line: what went wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class LayeredError(Exception):
+    """Root of every error raised by layered."""
+
+
+class ConfigError(LayeredError, ValueError):
+    """A configuration value is invalid or inconsistent."""
+
+
+class InputError(LayeredError, ValueError):
+    """A user input (question, corpus, option) is invalid."""
+
+
+class EmptyCorpusError(InputError):
+    """A corpus yielded no documents (or no text) to index."""
+
+
+class ContextOverflowError(InputError):
+    """A prompt cannot fit the generator's context window."""
+
+
+class SourceNotFoundError(LayeredError, FileNotFoundError):
+    """A file or folder given as input does not exist."""
+
+
+class DocumentLoadError(LayeredError, ValueError):
+    """A document could not be read (bad encoding, malformed JSON/CSV...)."""
+
+
+class ModelNotAvailableError(LayeredError, ImportError):
+    """A packaged default model (or the library that runs it) is not installed."""
+
+
+class ArtifactError(LayeredError, OSError):
+    """A saved artifact is missing, incomplete or does not match its manifest."""
+
+
+class IntegrityError(ArtifactError):
+    """A saved file's sha256 does not match the manifest: it was changed after saving."""

@@ -1,0 +1,1 @@
+"""Generators: turn a rendered prompt into text."""

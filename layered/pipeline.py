@@ -1,0 +1,233 @@
+"""The one object: prompt -> retriever -> generator, with ask/stream and save/load.
+
+A pipeline has three named slots, each a plain object satisfying a role protocol:
+``prompt`` (a :class:`~layered.protocols.PromptTemplate`), ``retriever`` (optional; any
+object with ``retrieve(query, *, k, filters)``) and ``generator``. Heavy models load on
+first use or :meth:`Pipeline.warm_up`, never at construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import layered
+from layered import registry
+from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
+from layered.errors import ArtifactError, ConfigError, ContextOverflowError, InputError
+from layered.prompts.grounding import attribute_by_overlap, parse_citations, to_citation
+from layered.prompts.template import ChatPromptTemplate
+from layered.protocols import Filters, Generator, PromptTemplate, Retriever
+from layered.types import Answer, Document, Hit, Prompt
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "pipeline.json"
+FORMAT_VERSION = 1
+
+
+class Pipeline:
+    """Prompt -> retrieval -> generation behind one object (see module docstring).
+
+    Contract of :meth:`ask`: the prompt always fits the generator's window (lowest-ranked
+    passages are dropped first, then :class:`ContextOverflowError`); ``Answer.citations``
+    only ever refer to passages that were in the prompt.
+    """
+
+    def __init__(
+        self,
+        *,
+        generator: Generator,
+        retriever: Retriever | None = None,
+        prompt: PromptTemplate | None = None,
+        k: int = 4,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes)."""
+        if not isinstance(generator, Generator):
+            raise ConfigError(f"generator must have generate(prompt) and stream(prompt); got {type(generator).__name__}")
+        if retriever is not None and not isinstance(retriever, Retriever):
+            raise ConfigError(f"retriever must have retrieve(query, *, k, filters); got {type(retriever).__name__}")
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.generator = generator
+        self.retriever = retriever
+        self.prompt = prompt if prompt is not None else ChatPromptTemplate()
+        self.k = k
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_defaults(
+        cls,
+        corpus: str | Path | Sequence[Document] | None = None,
+        *,
+        k: int = 4,
+        chunk_size: int = 200,
+        chunk_overlap: int = 40,
+        max_new_tokens: int = 256,
+        prompt: PromptTemplate | None = None,
+        progress: bool = False,
+        metadata: dict[str, Any] | None = None,
+        **loader_options: Any,
+    ) -> "Pipeline":
+        """A pipeline on the embedded defaults: MiniLM embeddings in FAISS, SmolLM2 generator.
+
+        ``corpus`` (a file, a folder, or documents) is indexed now; the generator loads on
+        first use. ``loader_options`` go to :class:`~layered.retrieval.loaders.FileLoader`.
+        """
+        from layered.generation.transformers_generator import TransformersGenerator
+        from layered.retrieval.chunkers import TokenChunker
+        from layered.retrieval.dense import DenseRetriever
+        from layered.retrieval.embedders import SentenceTransformerEmbedder
+        from layered.retrieval.loaders import load_documents
+
+        retriever = None
+        if corpus is not None:
+            embedder = SentenceTransformerEmbedder()
+            chunker = TokenChunker(size=chunk_size, overlap=chunk_overlap, tokenizer=embedder.tokenizer())
+            retriever = DenseRetriever(embedder=embedder, chunker=chunker)
+            docs = load_documents(corpus, **loader_options) if isinstance(corpus, (str, Path)) else list(corpus)
+            retriever.add_documents(docs, progress=progress)
+        generator = TransformersGenerator(max_new_tokens=max_new_tokens)
+        return cls(generator=generator, retriever=retriever, prompt=prompt, k=k, metadata=metadata)
+
+    def warm_up(self) -> "Pipeline":
+        """Load every model now (otherwise they load on first use)."""
+        for part in (self.generator, getattr(self.retriever, "embedder", None)):
+            if hasattr(part, "warm_up"):
+                part.warm_up()
+        return self
+
+    def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> int:
+        """Index more documents into the retriever; returns the number of chunks added."""
+        add = getattr(self.retriever, "add_documents", None)
+        if add is None:
+            raise ConfigError("this pipeline's retriever cannot index documents (it has no add_documents)")
+        return int(add(docs, progress=progress))
+
+    # -- asking ------------------------------------------------------------------------------
+
+    def retrieve(self, question: str, *, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
+        """The hits the pipeline would put in the prompt for ``question`` (before budgeting)."""
+        _check_question(question)
+        if self.retriever is None:
+            return []
+        return list(self.retriever.retrieve(question, k=k or self.k, filters=filters))
+
+    def build_prompt(self, question: str, *, k: int | None = None, filters: Filters | None = None, **variables: Any) -> Prompt:
+        """The exact prompt ``ask`` sends: retrieved passages packed by rank into the budget."""
+        hits = self.retrieve(question, k=k, filters=filters)
+        return self._fit(question, hits, variables)
+
+    def _fit(self, question: str, hits: list[Hit], variables: dict[str, Any]) -> Prompt:
+        budget_of = getattr(self.generator, "prompt_budget", None)
+        count = getattr(self.generator, "count_tokens", None)
+        prompt = self.prompt.render(question=question, context=hits, **variables)
+        if budget_of is None or count is None:
+            return prompt
+        budget = int(budget_of)
+        # Drop lowest-ranked passages until it fits; the question itself is never cut.
+        while count(prompt) > budget and hits:
+            hits = hits[:-1]
+            prompt = self.prompt.render(question=question, context=hits, **variables)
+        n = count(prompt)
+        if n > budget:
+            raise ContextOverflowError(
+                f"the question alone makes a {n}-token prompt but the generator allows {budget}; shorten the question"
+            )
+        return prompt
+
+    def ask(self, question: str, *, k: int | None = None, filters: Filters | None = None, **variables: Any) -> Answer:
+        """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt."""
+        prompt = self.build_prompt(question, k=k, filters=filters, **variables)
+        generation = self.generator.generate(prompt)
+        return _answer(generation.text, prompt, generation)
+
+    def stream(self, question: str, *, k: int | None = None, filters: Filters | None = None, **variables: Any) -> Iterator[str]:
+        """Yield the answer text in pieces as it is generated (same prompt as :meth:`ask`)."""
+        prompt = self.build_prompt(question, k=k, filters=filters, **variables)
+        yield from self.generator.stream(prompt)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this pipeline, as JSON-ready data."""
+        parts = {"generator": self.generator, "prompt": self.prompt, "retriever": self.retriever}
+        cfg: dict[str, Any] = {
+            "format": FORMAT_VERSION, "layered_version": layered.__version__, "k": self.k, "metadata": self.metadata,
+        }
+        for name, part in parts.items():
+            if part is None:
+                cfg[name] = None
+                continue
+            to_config = getattr(part, "config", None)
+            if not callable(to_config):
+                raise ConfigError(
+                    f"the {name} ({type(part).__name__}) has no config() method, so the pipeline cannot be saved; "
+                    "give it config()/from_config() and register it with layered.registry.register"
+                )
+            cfg[name] = to_config()
+        return cfg
+
+    def save(self, folder: str | Path) -> Path:
+        """Save atomically: configs as JSON, the index in FAISS format, a sha256 manifest."""
+        cfg = self.config()
+
+        def write(tmp: Path) -> None:
+            atomic_write_json(tmp / CONFIG_FILE, cfg)
+            if self.retriever is not None and hasattr(self.retriever, "save"):
+                self.retriever.save(tmp)
+
+        path = save_folder_atomically(folder, write, manifest_extra={"layered_version": layered.__version__})
+        log.info("saved pipeline to %s", path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path, **overrides: Any) -> "Pipeline":
+        """Load a folder written by :meth:`save`, after checking every file's sha256.
+
+        ``overrides`` replace slots (e.g. ``generator=...``) instead of building them.
+        """
+        folder = Path(folder)
+        verify_manifest(folder)
+        cfg = read_json(folder / CONFIG_FILE)
+        if cfg.get("format") != FORMAT_VERSION:
+            raise ArtifactError(f"{folder} was saved in format {cfg.get('format')}; this layered reads format {FORMAT_VERSION}")
+        if cfg.get("layered_version") != layered.__version__:
+            log.warning("%s was saved by layered %s; this is %s", folder, cfg.get("layered_version"), layered.__version__)
+        parts: dict[str, Any] = {}
+        for name in ("generator", "prompt", "retriever"):
+            if name in overrides:
+                parts[name] = overrides[name]
+            elif cfg.get(name) is None:
+                parts[name] = None
+            elif name == "retriever":
+                parts[name] = registry.lookup("retriever", cfg[name]["kind"]).load(folder, cfg[name])
+            else:
+                parts[name] = registry.build(name, cfg[name])
+        return cls(
+            generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
+            k=int(cfg["k"]), metadata=cfg.get("metadata") or {},
+        )
+
+
+def _check_question(question: Any) -> None:
+    if not isinstance(question, str):
+        raise InputError(f"the question must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise InputError("the question is empty; ask something")
+
+
+def _answer(text: str, prompt: Prompt, generation: Any) -> Answer:
+    citations, invalid = parse_citations(text, prompt.context)
+    metadata: dict[str, Any] = {"citation_mode": "model"}
+    if not citations and prompt.context:
+        citations = attribute_by_overlap(text, prompt.context)
+        metadata["citation_mode"] = "overlap"
+    sources = tuple(to_citation(n, h) for n, h in enumerate(prompt.context, start=1))
+    if invalid:
+        metadata["invalid_citations"] = invalid
+    return Answer(text=text, citations=tuple(citations), sources=sources, generation=generation, metadata=metadata)

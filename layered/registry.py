@@ -1,0 +1,68 @@
+"""Named plug-ins, one small explicit table per role, for building parts from saved configs.
+
+A config is a JSON object with a ``kind``; the table maps ``(role, kind)`` to a class with
+``from_config(config)``. Classes are imported only when built, so the table costs nothing
+at import. Users add their own with :func:`register` (passing objects directly to a
+:class:`~layered.Pipeline` needs no registration at all).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+from layered.errors import ConfigError
+
+_TABLE: dict[str, dict[str, str]] = {
+    "embedder": {
+        "sentence-transformers": "layered.retrieval.embedders:SentenceTransformerEmbedder",
+        "hashing": "layered.retrieval.embedders:HashingEmbedder",
+    },
+    "retriever": {
+        "dense": "layered.retrieval.dense:DenseRetriever",
+    },
+    "generator": {
+        "transformers": "layered.generation.transformers_generator:TransformersGenerator",
+    },
+    "prompt": {
+        "chat": "layered.prompts.template:ChatPromptTemplate",
+    },
+}
+
+
+def register(role: str, kind: str, target: str | type) -> None:
+    """Make ``kind`` buildable for ``role``; ``target`` is a class or ``"module:Class"``."""
+    path = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    _TABLE.setdefault(role, {})[kind] = path
+
+
+def lookup(role: str, kind: str) -> Any:
+    """The class registered for ``(role, kind)``."""
+    try:
+        path = _TABLE[role][kind]
+    except KeyError:
+        known = ", ".join(sorted(_TABLE.get(role, {}))) or "none"
+        raise ConfigError(f"unknown {role} kind {kind!r} (known: {known}); register it with layered.registry.register") from None
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build(role: str, config: Mapping[str, Any]) -> Any:
+    """Build the part that ``config`` describes."""
+    if not isinstance(config, Mapping) or "kind" not in config:
+        raise ConfigError(f"a {role} config must be an object with a 'kind', got {config!r}")
+    return lookup(role, str(config["kind"])).from_config(config)
+
+
+def build_chunker(config: Mapping[str, Any], embedder: Any) -> Any:
+    """Build a chunker; its token counts come from ``embedder``'s tokenizer when it has one."""
+    from layered.retrieval.chunkers import TokenChunker
+    from layered.retrieval.tokenizers import RegexTokenizer
+
+    if config.get("kind") != "token":
+        raise ConfigError(f"unknown chunker kind {config.get('kind')!r} (known: token)")
+    if config.get("tokenizer") == "embedder":
+        tokenizer = embedder.tokenizer()
+    else:
+        tokenizer = RegexTokenizer()
+    return TokenChunker(size=int(config["size"]), overlap=int(config["overlap"]), tokenizer=tokenizer)

@@ -1,0 +1,122 @@
+"""Loaders: read files and folders into :class:`~layered.types.Document` objects.
+
+``FileLoader`` reads ``.jsonl``, ``.csv``, ``.txt`` and ``.md`` files, and folders of them.
+Document ids are stable across runs: a record's own id field when it has one, otherwise
+the file's path (relative to the loaded root) plus the record's line or row number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from layered.errors import DocumentLoadError, SourceNotFoundError
+from layered.types import Document
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+RECORD_SUFFIXES = (".jsonl", ".csv")
+ID_FIELDS = ("id", "_id", "doc_id")
+TEXT_FIELDS = ("text", "content", "body")
+SOURCE_FIELDS = ("url", "source_url")
+
+
+@dataclass(frozen=True)
+class FileLoader:
+    """Load documents from a file or a folder (recursively, in sorted order).
+
+    For record files (JSONL/CSV), the text is ``text_fields`` joined by a blank line; by
+    default the first of ``text``/``content``/``body`` that a record has, or its
+    ``question`` and ``answer`` together. Every other scalar field becomes metadata.
+    ``source_field`` names the field used as the document's source (default: ``url`` when
+    present, else ``path:line``).
+    """
+
+    text_fields: Sequence[str] | None = None
+    id_field: str | None = None
+    source_field: str | None = None
+    encoding: str = "utf-8"
+
+    def load(self, source: str | Path) -> Iterator[Document]:
+        root = Path(source).expanduser()
+        if not root.exists():
+            raise SourceNotFoundError(f"{source}: no such file or folder")
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES)
+            base = root
+        else:
+            files, base = [root], root.parent
+        for path in files:
+            rel = path.relative_to(base).as_posix()
+            suffix = path.suffix.lower()
+            if suffix == ".jsonl":
+                yield from self._jsonl(path, rel)
+            elif suffix == ".csv":
+                yield from self._csv(path, rel)
+            elif suffix in TEXT_SUFFIXES:
+                yield Document(id=rel, text=self._read(path), source=rel, metadata={"path": rel})
+            else:
+                raise DocumentLoadError(
+                    f"{path}: unsupported file type {suffix!r}; use one of {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)}"
+                )
+
+    def _read(self, path: Path) -> str:
+        data = path.read_bytes()
+        try:
+            return data.decode(self.encoding)
+        except UnicodeDecodeError as e:
+            raise DocumentLoadError(
+                f"{path}: not valid {self.encoding} (byte {e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`"
+            ) from None
+
+    def _jsonl(self, path: Path, rel: str) -> Iterator[Document]:
+        for lineno, line in enumerate(self._read(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DocumentLoadError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DocumentLoadError(f"{path}:{lineno}: expected a JSON object per line")
+            yield self._record(record, f"{path}:{lineno}", f"{rel}:{lineno}")
+
+    def _csv(self, path: Path, rel: str) -> Iterator[Document]:
+        reader = csv.DictReader(self._read(path).splitlines())
+        for rowno, record in enumerate(reader, start=2):
+            yield self._record(record, f"{path}:{rowno}", f"{rel}:{rowno}")
+
+    def _record(self, record: Mapping[str, Any], where: str, fallback_id: str) -> Document:
+        fields = self._text_fields(record, where)
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise DocumentLoadError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)})")
+        text = "\n\n".join(str(record[f]).strip() for f in fields if record[f] is not None)
+        id_field = self.id_field or next((f for f in ID_FIELDS if f in record), None)
+        doc_id = str(record[id_field]) if id_field and record.get(id_field) not in (None, "") else fallback_id
+        source_field = self.source_field or next((f for f in SOURCE_FIELDS if record.get(f)), None)
+        source = str(record[source_field]) if source_field and record.get(source_field) else fallback_id
+        metadata = {
+            k: v for k, v in record.items()
+            if k not in fields and isinstance(v, (str, int, float, bool)) and v is not None
+        }
+        return Document(id=doc_id, text=text, source=source, metadata=metadata)
+
+    def _text_fields(self, record: Mapping[str, Any], where: str) -> Sequence[str]:
+        if self.text_fields:
+            return self.text_fields
+        for f in TEXT_FIELDS:
+            if f in record:
+                return (f,)
+        if "question" in record and "answer" in record:
+            return ("question", "answer")
+        raise DocumentLoadError(
+            f"{where}: cannot tell which field holds the text (fields: {', '.join(record)}); pass text_fields=[...]"
+        )
+
+
+def load_documents(source: str | Path, **options: Any) -> list[Document]:
+    """Load every document of ``source`` with a :class:`FileLoader` built from ``options``."""
+    return list(FileLoader(**options).load(source))

@@ -1,0 +1,160 @@
+"""FAISS vector store: exact cosine search over normalised vectors, with chunk payloads.
+
+Vectors live in a FAISS ``IndexIDMap2`` over ``IndexFlatIP`` (exact inner product, which is
+cosine on L2-normalised vectors); chunk texts and metadata live beside it. Metadata
+filters are applied inside the FAISS query through an ID selector, so a filtered search
+still returns ``k`` hits whenever ``k`` chunks match.
+
+Persistence writes ``index.faiss`` (FAISS's own binary format, no pickle) and
+``chunks.jsonl``; callers save through :mod:`layered.artifacts` so both are covered by a
+sha256 manifest that is checked *before* FAISS parses the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from layered.errors import ArtifactError, ConfigError, InputError
+from layered.protocols import Filters
+from layered.types import Chunk, Hit
+
+INDEX_FILE = "index.faiss"
+CHUNKS_FILE = "chunks.jsonl"
+
+
+def _faiss():  # type: ignore[no-untyped-def]
+    import faiss  # imported lazily: `import layered` must stay light
+
+    return faiss
+
+
+def _matches(metadata: Mapping[str, Any], filters: Filters) -> bool:
+    # A filter value that is a list/tuple/set means "any of these".
+    for key, want in filters.items():
+        have = metadata.get(key)
+        if isinstance(want, (list, tuple, set, frozenset)):
+            if have not in want:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+class FaissStore:
+    """Exact cosine FAISS store (see module docstring).
+
+    Contract: ``add`` upserts by chunk id; ``search`` returns at most ``k`` hits, best
+    first, ranks 1..n, only chunks whose metadata match every filter; ``delete`` returns
+    how many of the given ids were present.
+    """
+
+    kind = "faiss"
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ConfigError(f"vector dimension must be positive, got {dim}")
+        self.dim = dim
+        faiss = _faiss()
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._chunks: dict[int, Chunk] = {}
+        self._ids: dict[str, int] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._ids
+
+    def chunks(self) -> list[Chunk]:
+        """All stored chunks, in insertion order."""
+        return [self._chunks[i] for i in sorted(self._chunks)]
+
+    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(chunks), self.dim):
+            raise InputError(f"expected vectors of shape ({len(chunks)}, {self.dim}), got {vectors.shape}")
+        if len({c.id for c in chunks}) != len(chunks):
+            raise InputError("duplicate chunk ids in one add() call")
+        self.delete(c.id for c in chunks if c.id in self._ids)
+        ids = np.arange(self._next, self._next + len(chunks), dtype=np.int64)
+        self._next += len(chunks)
+        vectors = vectors.copy()
+        _faiss().normalize_L2(vectors)
+        self._index.add_with_ids(vectors, ids)
+        for i, chunk in zip(ids.tolist(), chunks):
+            self._chunks[i] = chunk
+            self._ids[chunk.id] = i
+
+    def search(self, vector: np.ndarray, *, k: int, filters: Filters | None = None) -> list[Hit]:
+        if k < 1 or not self._chunks:
+            return []
+        faiss = _faiss()
+        query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, self.dim))
+        faiss.normalize_L2(query)
+        params = None
+        if filters:
+            allowed = np.array([i for i, c in self._chunks.items() if _matches(c.metadata, filters)], dtype=np.int64)
+            if allowed.size == 0:
+                return []
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        scores, ids = self._index.search(query, min(k, len(self._chunks)), params=params)
+        hits = [
+            Hit(chunk=self._chunks[int(i)], score=float(s), rank=0)
+            for s, i in zip(scores[0], ids[0]) if i >= 0
+        ]
+        return [Hit(chunk=h.chunk, score=h.score, rank=r) for r, h in enumerate(hits, start=1)]
+
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        ids = [self._ids.pop(c) for c in list(chunk_ids) if c in self._ids]
+        if ids:
+            self._index.remove_ids(np.array(ids, dtype=np.int64))
+            for i in ids:
+                del self._chunks[i]
+        return len(ids)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": self.dim, "size": len(self)}
+
+    def save(self, folder: Path) -> None:
+        """Write the index and payloads into ``folder`` (the caller makes it atomic)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        data = _faiss().serialize_index(self._index)
+        (folder / INDEX_FILE).write_bytes(np.asarray(data).tobytes())
+        with open(folder / CHUNKS_FILE, "w", encoding="utf-8") as f:
+            for i in sorted(self._chunks):
+                f.write(json.dumps({"faiss_id": i, **self._chunks[i].to_dict()}, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path, *, dim: int) -> "FaissStore":
+        """Read a store written by :meth:`save`. Verify the folder's manifest first."""
+        store = cls(dim)
+        try:
+            raw = np.frombuffer((folder / INDEX_FILE).read_bytes(), dtype=np.uint8)
+            index = _faiss().deserialize_index(raw)
+        except FileNotFoundError as e:
+            raise ArtifactError(f"{folder / INDEX_FILE} is missing") from e
+        except RuntimeError as e:
+            raise ArtifactError(f"{folder / INDEX_FILE} is not a readable FAISS index ({str(e).splitlines()[0]})") from e
+        if index.d != dim:
+            raise ArtifactError(f"{folder / INDEX_FILE} holds {index.d}-d vectors but the embedder makes {dim}-d ones")
+        if not hasattr(index, "remove_ids") or type(index).__name__ != "IndexIDMap2":
+            raise ArtifactError(f"{folder / INDEX_FILE} is a {type(index).__name__}, not the IndexIDMap2 this store writes")
+        store._index = index
+        with open(folder / CHUNKS_FILE, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                i = int(rec.pop("faiss_id"))
+                chunk = Chunk.from_dict(rec)
+                store._chunks[i] = chunk
+                store._ids[chunk.id] = i
+        store._next = max(store._chunks, default=-1) + 1
+        if store._index.ntotal != len(store._chunks):
+            raise ArtifactError(f"{folder}: index holds {store._index.ntotal} vectors but {len(store._chunks)} chunks")
+        return store

@@ -1,0 +1,145 @@
+"""Frozen value types passed between the roles of a pipeline.
+
+All types are immutable dataclasses of plain values, so they can be logged, compared and
+serialised to JSON (``to_dict``/``from_dict``) without pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Mapping
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A unit of source text as loaded, before chunking.
+
+    ``id`` is stable across reloads of the same source (derived from the file and the
+    record's own id or position), ``source`` says where the text came from (a path or URL).
+    """
+
+    id: str
+    text: str
+    source: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a :class:`Document` that is embedded and retrieved.
+
+    ``start``/``end`` are character offsets into the document's text, so
+    ``document.text[start:end] == chunk.text``.
+    """
+
+    id: str
+    doc_id: str
+    text: str
+    source: str = ""
+    start: int = 0
+    end: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metadata"] = dict(self.metadata)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Chunk":
+        return cls(**{**d, "metadata": dict(d.get("metadata") or {})})
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its score (higher is better) and 1-based rank."""
+
+    chunk: Chunk
+    score: float
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt: the exact chat messages handed to the generator.
+
+    ``context`` holds the hits shown to the model, numbered 1..n in order, so that a
+    citation ``[n]`` in the answer refers to ``context[n-1]``.
+    """
+
+    messages: tuple[Message, ...]
+    context: tuple[Hit, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generator's output for one prompt."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A supervised example: a question (plus template variables) and its reference answer."""
+
+    question: str
+    answer: str
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A context passage referred to by an answer as ``[number]``."""
+
+    number: int
+    chunk_id: str
+    doc_id: str
+    source: str
+    score: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What :meth:`layered.Pipeline.ask` returns.
+
+    ``citations`` lists, in order of first mention, the context passages the answer cites as
+    ``[n]``; when the answer cites none, the passages its sentences were drawn from
+    (``metadata["citation_mode"]`` is ``"model"`` or ``"overlap"``). ``sources`` lists every
+    passage that was in the prompt, cited or not. ``metadata["invalid_citations"]`` lists
+    numbers the model cited that were not in the prompt (dropped from ``citations``).
+    """
+
+    text: str
+    citations: tuple[Citation, ...] = ()
+    sources: tuple[Citation, ...] = ()
+    generation: Generation | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "citations": [asdict(c) for c in self.citations],
+            "sources": [asdict(c) for c in self.sources],
+            "usage": None if self.generation is None else {
+                "prompt_tokens": self.generation.prompt_tokens,
+                "completion_tokens": self.generation.completion_tokens,
+                "finish_reason": self.generation.finish_reason,
+            },
+            "metadata": dict(self.metadata),
+        }

@@ -1,0 +1,1 @@
+"""Ready-made pipelines (installed as ``layered.pipelines``)."""

@@ -1,0 +1,73 @@
+"""The medical question-answering demo over the bundled MedQuAD sample.
+
+``layered demo medical`` builds the index once into a cache folder and reuses it on later
+runs (the cache is keyed by the sha256 of the bundled sample, so an edited sample is
+re-indexed, never silently mixed with a stale index).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from layered.artifacts import sha256_file
+from layered.errors import ArtifactError
+from layered.pipeline import Pipeline
+from layered.prompts.template import ChatPromptTemplate
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "medquad_sample.jsonl"
+ATTRIBUTION = (
+    "MedQuAD (Ben Abacha & Demner-Fushman, BMC Bioinformatics 2019), CC BY 4.0; "
+    "a 1,000-pair sample is bundled with layered"
+)
+
+DEMO_QUESTIONS = (
+    "What are the treatments for Graves disease?",
+    "What are the symptoms of shingles?",
+    "How can I lower my high blood pressure?",
+)
+
+MEDICAL_PROMPT = ChatPromptTemplate(
+    system=(
+        "You are a careful medical information assistant. Answer using only the numbered reference "
+        "passages, in a few sentences. Cite the passages you use as [1], [2]. If they do not contain "
+        "the answer, say that you do not know. Do not give personal medical advice."
+    ),
+)
+
+
+def default_cache_dir() -> Path:
+    """``$LAYERED_CACHE`` or ``$XDG_CACHE_HOME/layered`` or ``~/.cache/layered``."""
+    root = os.environ.get("LAYERED_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layered"
+    return Path(root)
+
+
+def build(corpus: Path = SAMPLE_PATH, *, progress: bool = False, **options: Any) -> Pipeline:
+    """A fresh medical pipeline indexed over ``corpus``."""
+    return Pipeline.from_defaults(
+        corpus, prompt=MEDICAL_PROMPT, progress=progress,
+        metadata={"corpus_sha256": sha256_file(corpus), "corpus": corpus.name}, **options,
+    )
+
+
+def load_or_build(cache: Path, *, corpus: Path = SAMPLE_PATH, rebuild: bool = False, progress: bool = False) -> tuple[Pipeline, bool]:
+    """The cached pipeline when it is intact and indexes this exact corpus, else a new one.
+
+    Returns ``(pipeline, reused)``. A new pipeline is saved to ``cache`` atomically.
+    """
+    digest = sha256_file(corpus)
+    if not rebuild and cache.exists():
+        try:
+            pipe = Pipeline.load(cache)
+            if pipe.metadata.get("corpus_sha256") == digest:
+                return pipe, True
+            log.info("the cached index was built from another corpus; rebuilding")
+        except ArtifactError as e:
+            log.warning("ignoring the cached index in %s: %s", cache, e)
+    pipe = build(corpus, progress=progress)
+    pipe.save(cache)
+    return pipe, False

@@ -1,0 +1,73 @@
+"""End-to-end with the real packaged models (MiniLM + SmolLM2). Slow: tens of seconds each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layered import Pipeline
+
+pytestmark = pytest.mark.slow
+QUESTION = "What are the treatments for Graves disease?"
+
+
+def _layered(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "layered.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def test_demo_medical_builds_then_reuses_its_index(tmp_path):
+    cache = tmp_path / "cache"
+    first = _layered("demo", "medical", "--cache-dir", str(cache), "--question", QUESTION, "--max-new-tokens", "24")
+    assert first.returncode == 0, first.stderr
+    assert "indexed the bundled MedQuAD sample" in first.stderr
+    saved_ids = {json.loads(line)["id"] for line in (cache / "store" / "chunks.jsonl").read_text().splitlines()}
+    assert len(saved_ids) > 1000
+    shown = [line.split()[1] for line in first.stdout.splitlines() if line.lstrip(" *").startswith("[")]
+    assert shown and set(shown) <= saved_ids
+    assert any("graves" in s.lower() for s in shown)  # retrieval found the topic
+    manifest_mtime = (cache / "manifest.json").stat().st_mtime_ns
+
+    second = _layered("demo", "medical", "--cache-dir", str(cache), "--question", QUESTION, "--max-new-tokens", "24")
+    assert second.returncode == 0, second.stderr
+    assert "reusing the saved index" in second.stderr and "nothing re-embedded" in second.stderr
+    assert "embedding" not in second.stderr
+    assert (cache / "manifest.json").stat().st_mtime_ns == manifest_mtime
+    assert second.stdout == first.stdout  # greedy decoding: same answer, same sources
+
+    asked = _layered("-q", "ask", str(cache), QUESTION, "--json", "--max-new-tokens", "16")
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert answer["sources"] and {s["chunk_id"] for s in answer["sources"]} <= saved_ids
+    assert {c["chunk_id"] for c in answer["citations"]} <= {s["chunk_id"] for s in answer["sources"]}
+
+
+def test_saved_pipeline_gives_same_hits_and_answer(tmp_path, docs):
+    pipe = Pipeline.from_defaults(docs[:25], max_new_tokens=20)
+    before_hits = [(h.chunk.id, h.score) for h in pipe.retrieve("How is it inherited?")]
+    before = pipe.ask("How is it inherited?")
+    pipe.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    after_hits = [(h.chunk.id, h.score) for h in loaded.retrieve("How is it inherited?")]
+    assert [i for i, _ in after_hits] == [i for i, _ in before_hits]
+    assert np.allclose([s for _, s in after_hits], [s for _, s in before_hits], atol=1e-6)
+    after = loaded.ask("How is it inherited?")
+    assert after.text == before.text and before.text
+    streamed = "".join(loaded.stream("How is it inherited?"))
+    assert streamed.strip() == before.text
+
+
+def test_bf16_embeddings_match_fp32(docs):
+    from layered.retrieval.embedders import SentenceTransformerEmbedder
+
+    texts = [d.text for d in docs[:16]]
+    fp32 = SentenceTransformerEmbedder(precision="float32").embed(texts)
+    bf16 = SentenceTransformerEmbedder(precision="bfloat16").embed(texts)
+    assert fp32.shape == (16, 384) and np.allclose(np.linalg.norm(fp32, axis=1), 1, atol=1e-5)
+    assert float((fp32 * bf16).sum(axis=1).min()) > 0.999

@@ -1,0 +1,53 @@
+"""The CLI's conventions: --help, exit codes, one-line errors on stderr, data on stdout."""
+
+import subprocess
+import sys
+
+import pytest
+
+from layered.cli import main
+
+
+def test_help_and_version(capsys):
+    for argv in (["--help"], ["index", "--help"], ["ask", "--help"], ["demo", "--help"], ["--version"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    assert "layered" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def _one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("layered: error: ")
+    return err[-1]
+
+
+def test_missing_saved_pipeline(capsys, tmp_path):
+    line = _one_line_error(capsys, ["-q", "ask", str(tmp_path / "nope"), "hi"])
+    assert "does not exist" in line
+
+
+def test_index_missing_path_and_bad_encoding_write_nothing(capsys, tmp_path):
+    out = tmp_path / "idx"
+    assert "no such file" in _one_line_error(capsys, ["-q", "index", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe broken")
+    assert "not valid utf-8" in _one_line_error(capsys, ["-q", "index", str(bad), "--out", str(out)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no documents" in _one_line_error(capsys, ["-q", "index", str(empty), "--out", str(out)])
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "empty"]
+
+
+def test_entry_point_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "layered.cli", "ask", "/nonexistent/dir", "q"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1].startswith("layered: error:")

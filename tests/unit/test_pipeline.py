@@ -1,0 +1,128 @@
+"""Pipeline behaviour with tiny real models: a 2-layer Llama and a hashing embedder."""
+
+import pytest
+
+from layered import Pipeline
+from layered.errors import ConfigError, ContextOverflowError, EmptyCorpusError, InputError, IntegrityError
+from layered.retrieval.chunkers import TokenChunker
+from layered.retrieval.dense import DenseRetriever
+from layered.retrieval.embedders import HashingEmbedder
+from layered.types import Chunk, Hit
+
+
+def _pipe(generator, docs, **kw):
+    retriever = DenseRetriever(embedder=HashingEmbedder(128), chunker=TokenChunker(size=60, overlap=10))
+    retriever.add_documents(docs)
+    return Pipeline(generator=generator, retriever=retriever, **kw)
+
+
+def test_ask_returns_text_sources_and_usage(tiny_generator, docs):
+    pipe = _pipe(tiny_generator, docs, k=3)
+    answer = pipe.ask("What are the symptoms?")
+    assert isinstance(answer.text, str)
+    assert [s.number for s in answer.sources] == [1, 2, 3]
+    assert all(s.chunk_id in pipe.retriever.store for s in answer.sources)
+    assert {c.chunk_id for c in answer.citations} <= {s.chunk_id for s in answer.sources}
+    assert answer.generation.completion_tokens <= 12 and answer.generation.prompt_tokens > 0
+
+
+def test_stream_yields_the_same_text_as_ask(tiny_generator, docs):
+    pipe = _pipe(tiny_generator, docs)
+    assert "".join(pipe.stream("What is it?")).strip() == pipe.ask("What is it?").text
+
+
+def test_save_load_same_hits_and_same_greedy_answer(tiny_generator, docs, tmp_path):
+    pipe = _pipe(tiny_generator, docs, k=4, metadata={"note": "x"})
+    question = "How is it inherited?"
+    before_hits = [(h.chunk.id, round(h.score, 6)) for h in pipe.retrieve(question)]
+    before = pipe.ask(question)
+    pipe.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    assert [(h.chunk.id, round(h.score, 6)) for h in loaded.retrieve(question)] == before_hits
+    after = loaded.ask(question)
+    assert after.text == before.text and after.sources == before.sources
+    assert loaded.metadata == {"note": "x"} and loaded.k == 4
+    assert not list(tmp_path.glob("**/*.pkl"))
+
+
+def test_tampered_index_is_refused(tiny_generator, docs, tmp_path):
+    _pipe(tiny_generator, docs).save(tmp_path / "p")
+    index = tmp_path / "p" / "store" / "index.faiss"
+    raw = bytearray(index.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    index.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="index.faiss.*modified after saving"):
+        Pipeline.load(tmp_path / "p")
+
+
+def test_bad_questions(tiny_generator, docs):
+    pipe = _pipe(tiny_generator, docs)
+    for bad in ("", "   \n"):
+        with pytest.raises(InputError, match="empty"):
+            pipe.ask(bad)
+    with pytest.raises(InputError, match="string"):
+        pipe.ask(None)  # type: ignore[arg-type]
+    with pytest.raises(ContextOverflowError, match="shorten the question"):
+        pipe.ask("why " * 2000)
+
+
+def test_budget_drops_lowest_ranked_passages_first(tiny_model_dir, docs):
+    from layered.generation.transformers_generator import TransformersGenerator
+
+    small = TransformersGenerator(str(tiny_model_dir), max_new_tokens=8, context_window=400)
+    pipe = _pipe(small, docs, k=20)
+    hits = pipe.retrieve("genetic changes")
+    prompt = pipe.build_prompt("genetic changes")
+    assert small.count_tokens(prompt) <= small.prompt_budget
+    kept = [h.chunk.id for h in prompt.context]
+    assert 0 < len(kept) < len(hits) and kept == [h.chunk.id for h in hits[: len(kept)]]
+
+
+def test_empty_corpus_is_a_clear_error_and_nothing_is_written(tiny_generator, tmp_path):
+    from layered.types import Document
+
+    retriever = DenseRetriever(embedder=HashingEmbedder(32))
+    with pytest.raises(EmptyCorpusError, match="no documents"):
+        retriever.add_documents([])
+    with pytest.raises(EmptyCorpusError, match="no text"):
+        retriever.add_documents([Document(id="a", text="  ")])
+    assert len(retriever) == 0
+
+
+def test_readding_a_document_replaces_its_chunks(docs):
+    from layered.types import Document
+
+    retriever = DenseRetriever(embedder=HashingEmbedder(64), chunker=TokenChunker(size=30, overlap=5))
+    retriever.add_documents(docs[:3])
+    long_id = docs[0].id
+    retriever.add_documents([Document(id=long_id, text="now a single short chunk")])
+    assert [c.id for c in retriever.store.chunks() if c.doc_id == long_id] == [f"{long_id}#0"]
+    with pytest.raises(InputError, match="appears twice"):
+        retriever.add_documents([docs[5], docs[5]])
+
+
+class KeywordRetriever:
+    """A user's own retriever: no base class, no registration."""
+
+    def __init__(self, texts):
+        self.chunks = [Chunk(id=f"k{i}", doc_id=f"k{i}", text=t, source="mine") for i, t in enumerate(texts)]
+
+    def retrieve(self, query, *, k, filters=None):
+        words = set(query.lower().split())
+        scored = sorted(self.chunks, key=lambda c: -len(words & set(c.text.lower().split())))
+        return [Hit(chunk=c, score=float(len(words & set(c.text.lower().split()))), rank=r) for r, c in enumerate(scored[:k], 1)]
+
+
+def test_custom_retriever_plugs_in_but_cannot_be_saved_without_config(tiny_generator, tmp_path):
+    pipe = Pipeline(generator=tiny_generator, retriever=KeywordRetriever(["red apples", "green pears", "blue sky"]), k=1)
+    assert pipe.ask("why is the sky blue").sources[0].chunk_id == "k2"
+    with pytest.raises(ConfigError, match="no config"):
+        pipe.save(tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def test_slots_are_checked(tiny_generator):
+    with pytest.raises(ConfigError, match="generator"):
+        Pipeline(generator=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="retriever"):
+        Pipeline(generator=tiny_generator, retriever=object())  # type: ignore[arg-type]

@@ -29,9 +29,9 @@ def test_demo_medical_builds_then_reuses_its_index(tmp_path):
     assert "indexed the bundled MedQuAD sample" in first.stderr
     saved_ids = {json.loads(line)["id"] for line in (cache / "store" / "chunks.jsonl").read_text().splitlines()}
     assert len(saved_ids) > 1000
-    shown = [line.split()[1] for line in first.stdout.splitlines() if line.lstrip(" *").startswith("[")]
-    assert shown and set(shown) <= saved_ids
-    assert any("graves" in s.lower() for s in shown)  # retrieval found the topic
+    rows = [line.split() for line in first.stdout.splitlines() if line.lstrip(" *").startswith("[")]
+    assert rows and {r[1] for r in rows} <= saved_ids
+    assert any("graves" in r[2].lower() for r in rows)  # the sources are the topic's pages
     manifest_mtime = (cache / "manifest.json").stat().st_mtime_ns
 
     second = _layered("demo", "medical", "--cache-dir", str(cache), "--question", QUESTION, "--max-new-tokens", "24")

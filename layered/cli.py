@@ -2,6 +2,7 @@
 
     layered index PATH --out DIR       index a file or folder into a saved pipeline
     layered ask DIR "question"         answer from a saved pipeline (add --json for data)
+    layered eval retrieval DATA        recall/MRR/nDCG of BM25, dense, hybrid on BEIR data
     layered demo medical               the medical assistant on the bundled MedQuAD sample
 
 Answers go to stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a
@@ -54,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print the answer as JSON")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
 
+    ev = sub.add_parser("eval", help="evaluate retrieval on BEIR-format data",
+                        description="Index a BEIR corpus once and report recall@k, MRR@k and nDCG@k of BM25, dense and hybrid retrieval.")
+    ev.add_argument("what", choices=["retrieval"], help="what to evaluate")
+    ev.add_argument("data", help="BEIR folder: corpus.jsonl[.gz], queries*.jsonl, qrels*.tsv")
+    ev.add_argument("--split", help="pick queries_SPLIT.jsonl / qrels_SPLIT.tsv when a folder has several")
+    ev.add_argument("-k", type=int, default=10, help="cut-off for the metrics (default 10)")
+    ev.add_argument("--retriever", choices=["all", "bm25", "dense", "hybrid"], default="all")
+    ev.add_argument("--max-queries", type=int, help="evaluate only the first N judged queries")
+    ev.add_argument("--out", help="also write the results as JSON to this file")
+
     demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
                           description="Build (or reuse from the cache) an index over bundled data and answer sample questions.")
     demo.add_argument("name", choices=["medical"], help="which demo")
@@ -68,7 +79,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     # Third-party loaders are chatty; keep stderr readable unless asked for debug logs.
-    for name in ("transformers", "sentence_transformers", "httpx", "huggingface_hub"):
+    for name in ("transformers", "sentence_transformers", "httpx", "huggingface_hub", "faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -157,10 +168,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("A: ", end="")
         _print_answer(answer)
         log.info("(%d tokens in %.1fs)", answer.generation.completion_tokens if answer.generation else 0, time.perf_counter() - t)
+    print(f"\n{medical.DISCLAIMER}")
     return 0
 
 
-COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "demo": _cmd_demo}
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from layered.artifacts import atomic_write_json
+    from layered.evaluation.retrieval import build_retrievers, evaluate_retriever, load_beir, markdown_table
+
+    data = load_beir(args.data, split=args.split)
+    qrels = dict(list(data.qrels.items())[: args.max_queries]) if args.max_queries else data.qrels
+    log.info("%d documents, %d judged queries", len(data.corpus), len(qrels))
+    retrievers = build_retrievers(data.corpus, progress=not args.quiet)
+    names = list(retrievers) if args.retriever == "all" else [args.retriever]
+    results = {name: evaluate_retriever(retrievers[name], data.queries, qrels, k=args.k) for name in names}
+    print(markdown_table(results))
+    if args.out:
+        atomic_write_json(args.out, {"data": str(args.data), "k": args.k, "results": results})
+        log.info("wrote %s", args.out)
+    return 0
+
+
+COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ _TABLE: dict[str, dict[str, str]] = {
     },
     "retriever": {
         "dense": "layered.retrieval.dense:DenseRetriever",
+        "hybrid": "layered.retrieval.hybrid:HybridRetriever",
     },
     "generator": {
         "transformers": "layered.generation.transformers_generator:TransformersGenerator",

@@ -25,6 +25,8 @@ ATTRIBUTION = (
     "a 1,000-pair sample is bundled with layered"
 )
 
+DISCLAIMER = "This is general health information from MedQuAD, not medical advice: see a health professional."
+
 DEMO_QUESTIONS = (
     "What are the treatments for Graves disease?",
     "What are the symptoms of shingles?",

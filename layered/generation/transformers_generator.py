@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from layered import models
-from layered.errors import ConfigError, ContextOverflowError
+from layered.errors import ConfigError, ContextOverflowError, ModelNotAvailableError
 from layered.types import Generation, Message, Prompt
 
 
@@ -82,8 +82,13 @@ class TransformersGenerator:
                     folder, kwargs["gguf_file"] = str(path.parent), path.name
                 else:
                     folder = str(path)
-                self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, self.dtype), **kwargs)
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+                    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, self.dtype), **kwargs)
+                except (OSError, ValueError, ImportError) as e:
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise ModelNotAvailableError(f"could not load the generator from {path}: {first}") from e
+                self._tokenizer = tokenizer
                 self._model = model.to(self.device or "cpu").eval()
             return self._model, self._tokenizer
 

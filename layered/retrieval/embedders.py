@@ -84,7 +84,11 @@ class SentenceTransformerEmbedder:
                 models.force_offline()
                 from sentence_transformers import SentenceTransformer
 
-                self._st = SentenceTransformer(str(self.path), device=self.device or "cpu", local_files_only=True)
+                try:
+                    self._st = SentenceTransformer(str(self.path), device=self.device or "cpu", local_files_only=True)
+                except (OSError, ValueError, ImportError) as e:
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise ModelNotAvailableError(f"could not load the embedder from {self.path}: {first}") from e
             return self._st
 
     def warm_up(self) -> None:

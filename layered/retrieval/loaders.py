@@ -1,6 +1,7 @@
 """Loaders: read files and folders into :class:`~layered.types.Document` objects.
 
-``FileLoader`` reads ``.jsonl``, ``.csv``, ``.txt`` and ``.md`` files, and folders of them.
+``FileLoader`` reads ``.jsonl`` (also gzipped), ``.csv``, ``.txt`` and ``.md`` files, and
+folders of them.
 Document ids are stable across runs: a record's own id field when it has one, otherwise
 the file's path (relative to the loaded root) plus the record's line or row number.
 """
@@ -18,6 +19,7 @@ from layered.types import Document
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 RECORD_SUFFIXES = (".jsonl", ".csv")
+GZIP_SUFFIX = ".jsonl.gz"
 ID_FIELDS = ("id", "_id", "doc_id")
 TEXT_FIELDS = ("text", "content", "body")
 SOURCE_FIELDS = ("url", "source_url")
@@ -44,26 +46,35 @@ class FileLoader:
         if not root.exists():
             raise SourceNotFoundError(f"{source}: no such file or folder")
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES)
+            files = sorted(
+                p for p in root.rglob("*")
+                if p.is_file() and (p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES or p.name.lower().endswith(GZIP_SUFFIX))
+            )
             base = root
         else:
             files, base = [root], root.parent
         for path in files:
             rel = path.relative_to(base).as_posix()
-            suffix = path.suffix.lower()
-            if suffix == ".jsonl":
+            suffix = GZIP_SUFFIX if path.name.lower().endswith(GZIP_SUFFIX) else path.suffix.lower()
+            if suffix in (".jsonl", GZIP_SUFFIX):
                 yield from self._jsonl(path, rel)
             elif suffix == ".csv":
                 yield from self._csv(path, rel)
             elif suffix in TEXT_SUFFIXES:
                 yield Document(id=rel, text=self._read(path), source=rel, metadata={"path": rel})
             else:
-                raise DocumentLoadError(
-                    f"{path}: unsupported file type {suffix!r}; use one of {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)}"
-                )
+                kinds = ", ".join(TEXT_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
+                raise DocumentLoadError(f"{path}: unsupported file type {suffix!r}; use one of {kinds}")
 
     def _read(self, path: Path) -> str:
         data = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            import gzip
+
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as e:
+                raise DocumentLoadError(f"{path}: not a readable gzip file ({e})") from None
         try:
             return data.decode(self.encoding)
         except UnicodeDecodeError as e:
@@ -93,7 +104,7 @@ class FileLoader:
         missing = [f for f in fields if f not in record]
         if missing:
             raise DocumentLoadError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)})")
-        text = "\n\n".join(str(record[f]).strip() for f in fields if record[f] is not None)
+        text = "\n\n".join(str(record[f]).strip() for f in fields if record[f] not in (None, ""))
         id_field = self.id_field or next((f for f in ID_FIELDS if f in record), None)
         doc_id = str(record[id_field]) if id_field and record.get(id_field) not in (None, "") else fallback_id
         source_field = self.source_field or next((f for f in SOURCE_FIELDS if record.get(f)), None)

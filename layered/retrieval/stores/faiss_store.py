@@ -20,6 +20,7 @@ import numpy as np
 
 from layered.errors import ArtifactError, ConfigError, InputError
 from layered.protocols import Filters
+from layered.retrieval.filters import matches
 from layered.types import Chunk, Hit
 
 INDEX_FILE = "index.faiss"
@@ -30,18 +31,6 @@ def _faiss():  # type: ignore[no-untyped-def]
     import faiss  # imported lazily: `import layered` must stay light
 
     return faiss
-
-
-def _matches(metadata: Mapping[str, Any], filters: Filters) -> bool:
-    # A filter value that is a list/tuple/set means "any of these".
-    for key, want in filters.items():
-        have = metadata.get(key)
-        if isinstance(want, (list, tuple, set, frozenset)):
-            if have not in want:
-                return False
-        elif have != want:
-            return False
-    return True
 
 
 class FaissStore:
@@ -63,6 +52,8 @@ class FaissStore:
         self._chunks: dict[int, Chunk] = {}
         self._ids: dict[str, int] = {}
         self._next = 0
+        #: Bumped on every change, so indexes derived from the chunks (BM25) know to rebuild.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -89,6 +80,7 @@ class FaissStore:
         for i, chunk in zip(ids.tolist(), chunks):
             self._chunks[i] = chunk
             self._ids[chunk.id] = i
+        self.version += 1
 
     def search(self, vector: np.ndarray, *, k: int, filters: Filters | None = None) -> list[Hit]:
         if k < 1 or not self._chunks:
@@ -98,7 +90,7 @@ class FaissStore:
         faiss.normalize_L2(query)
         params = None
         if filters:
-            allowed = np.array([i for i, c in self._chunks.items() if _matches(c.metadata, filters)], dtype=np.int64)
+            allowed = np.array([i for i, c in self._chunks.items() if matches(c.metadata, filters)], dtype=np.int64)
             if allowed.size == 0:
                 return []
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
@@ -115,6 +107,7 @@ class FaissStore:
             self._index.remove_ids(np.array(ids, dtype=np.int64))
             for i in ids:
                 del self._chunks[i]
+            self.version += 1
         return len(ids)
 
     # -- persistence -------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Retrieval evaluation on BEIR-format data: recall@k, MRR@k and nDCG@k.
+
+BEIR data is ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
+``text``) and a qrels TSV (``query-id``, ``corpus-id``, ``score``, with a header row).
+Retrievers return chunks; a document's rank is the rank of its best chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from layered.errors import DocumentLoadError, InputError, SourceNotFoundError
+from layered.protocols import Retriever
+from layered.retrieval.loaders import FileLoader
+from layered.types import Document
+
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+    rel = {d for d, r in relevant.items() if r > 0}
+    return len(rel & set(ranked[:k])) / len(rel) if rel else 0.0
+
+
+def mrr_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+    for i, d in enumerate(ranked[:k], start=1):
+        if relevant.get(d, 0) > 0:
+            return 1.0 / i
+    return 0.0
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+    """nDCG with linear gains (rel / log2(rank + 1)), as in BEIR's pytrec_eval setup."""
+    dcg = sum(relevant.get(d, 0) / math.log2(i + 1) for i, d in enumerate(ranked[:k], start=1))
+    ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 1) for i, r in enumerate(ideal, start=1))
+    return dcg / idcg if idcg else 0.0
+
+
+@dataclass(frozen=True)
+class BeirData:
+    corpus: list[Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def _find(folder: Path, patterns: Sequence[str], what: str) -> Path:
+    for pattern in patterns:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    raise SourceNotFoundError(f"{folder}: no {what} file (looked for {', '.join(patterns)})")
+
+
+def load_beir(folder: str | Path, *, split: str | None = None) -> BeirData:
+    """Load a BEIR folder; ``split`` picks ``queries_<split>.jsonl``/``qrels_<split>.tsv`` when several exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SourceNotFoundError(f"{folder}: no such folder")
+    s = f"*{split}*" if split else "*"
+    corpus_path = _find(folder, ["corpus.jsonl", "corpus.jsonl.gz"], "corpus")
+    queries_path = _find(folder, ["queries.jsonl", f"queries{s}.jsonl"], "queries")
+    qrels_path = _find(folder, [f"qrels{s}.tsv", f"qrels/{split or 'test'}.tsv", "qrels/*.tsv"], "qrels")
+    corpus = list(FileLoader(text_fields=("title", "text"), id_field="_id").load(corpus_path))
+    queries = {}
+    for n, line in enumerate(queries_path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                q = json.loads(line)
+                queries[str(q["_id"])] = str(q["text"])
+            except (json.JSONDecodeError, KeyError) as e:
+                raise DocumentLoadError(f"{queries_path}:{n}: expected a JSON object with _id and text ({e})") from None
+    qrels: dict[str, dict[str, int]] = {}
+    with open(qrels_path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t")
+        for row in rows:
+            if not row or row[0] in ("query-id", "query_id"):
+                continue
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2]) if len(row) > 2 else 1
+    qrels = {q: r for q, r in qrels.items() if q in queries}
+    if not qrels:
+        raise InputError(f"{qrels_path}: no judged queries match {queries_path}")
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels)
+
+
+def rank_documents(retriever: Retriever, query: str, *, k: int, depth: int | None = None) -> list[str]:
+    """Document ids for ``query``, best first, at most ``k`` (best chunk per document)."""
+    seen: list[str] = []
+    for hit in retriever.retrieve(query, k=depth or k * 3):
+        if hit.chunk.doc_id not in seen:
+            seen.append(hit.chunk.doc_id)
+    return seen[:k]
+
+
+def evaluate_retriever(retriever: Retriever, queries: Mapping[str, str], qrels: Qrels, *, k: int = 10) -> dict[str, float]:
+    """Mean recall@k, MRR@k and nDCG@k over the judged queries."""
+    judged = [q for q in qrels if q in queries]
+    if not judged:
+        raise InputError("no judged queries to evaluate")
+    totals = {f"recall@{k}": 0.0, f"mrr@{k}": 0.0, f"ndcg@{k}": 0.0}
+    for qid in judged:
+        ranked = rank_documents(retriever, queries[qid], k=k)
+        totals[f"recall@{k}"] += recall_at_k(ranked, qrels[qid], k)
+        totals[f"mrr@{k}"] += mrr_at_k(ranked, qrels[qid], k)
+        totals[f"ndcg@{k}"] += ndcg_at_k(ranked, qrels[qid], k)
+    return {name: total / len(judged) for name, total in totals.items()} | {"queries": float(len(judged))}
+
+
+def markdown_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per retriever, one column per metric."""
+    metrics = [m for m in next(iter(results.values())) if m != "queries"]
+    lines = ["| retriever | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, row in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def build_retrievers(
+    docs: Sequence[Document],
+    *,
+    embedder: object | None = None,
+    chunk_size: int = 250,
+    chunk_overlap: int = 40,
+    progress: bool = False,
+) -> dict[str, Retriever]:
+    """Dense, BM25 and hybrid retrievers over one index of ``docs`` (embedded once)."""
+    from layered.retrieval.chunkers import TokenChunker
+    from layered.retrieval.dense import DenseRetriever
+    from layered.retrieval.embedders import SentenceTransformerEmbedder
+    from layered.retrieval.hybrid import HybridRetriever
+
+    emb = embedder if embedder is not None else SentenceTransformerEmbedder()
+    tok = getattr(emb, "tokenizer", None)
+    chunker = TokenChunker(size=chunk_size, overlap=chunk_overlap, **({"tokenizer": tok()} if callable(tok) else {}))
+    dense = DenseRetriever(embedder=emb, chunker=chunker)  # type: ignore[arg-type]
+    dense.add_documents(docs, progress=progress)
+    hybrid = HybridRetriever(dense)
+    return {"bm25": hybrid.bm25, "dense": dense, "hybrid": hybrid}

@@ -1,0 +1,92 @@
+import json
+import math
+
+import pytest
+
+from layered.evaluation.retrieval import (
+    build_retrievers, evaluate_retriever, load_beir, mrr_at_k, ndcg_at_k, rank_documents, recall_at_k,
+)
+from layered.retrieval.bm25 import BM25Retriever
+from layered.retrieval.chunkers import TokenChunker
+from layered.retrieval.dense import DenseRetriever
+from layered.retrieval.embedders import HashingEmbedder
+from layered.retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
+from layered.types import Chunk, Document, Hit
+
+
+def _h(cid, rank):
+    return Hit(chunk=Chunk(id=cid, doc_id=cid, text=cid), score=1.0, rank=rank)
+
+
+def test_rrf_fuses_by_weighted_reciprocal_rank():
+    fused = reciprocal_rank_fusion([[_h("a", 1), _h("b", 2)], [_h("b", 1), _h("c", 2)]], weights=[1.0, 1.0], rrf_k=60)
+    assert [h.chunk.id for h in fused] == ["b", "a", "c"]
+    assert fused[0].score == pytest.approx(1 / 62 + 1 / 61)
+    only_second = reciprocal_rank_fusion([[_h("a", 1)], [_h("c", 1)]], weights=[0.0, 1.0])
+    assert only_second[0].chunk.id == "c"
+
+
+def _retriever(docs):
+    dense = DenseRetriever(embedder=HashingEmbedder(256), chunker=TokenChunker(size=80, overlap=10))
+    dense.add_documents(docs)
+    return HybridRetriever(dense)
+
+
+def test_bm25_finds_rare_terms_and_follows_deletes(docs):
+    hybrid = _retriever(docs)
+    target = docs[7]
+    others = {w for d in docs if d is not target for w in d.text.lower().split()}
+    rare = next(w for w in target.text.lower().split() if w.isalpha() and len(w) > 6 and w not in others)
+    hits = hybrid.bm25.retrieve(rare, k=3)
+    assert hits and any(h.chunk.doc_id == target.id for h in hits)
+    hybrid.store.delete([c.id for c in hybrid.store.chunks() if c.doc_id == target.id])
+    for retriever in (hybrid.bm25, hybrid.dense, hybrid):
+        assert all(h.chunk.doc_id != target.id for h in retriever.retrieve(rare, k=10))
+
+
+def test_filters_hold_in_bm25_and_hybrid(docs):
+    hybrid = _retriever(docs)
+    qtype = docs[0].metadata["qtype"]
+    for retriever in (hybrid.bm25, hybrid):
+        hits = retriever.retrieve("symptoms treatment genetic", k=5, filters={"qtype": qtype})
+        assert hits and all(h.chunk.metadata["qtype"] == qtype for h in hits)
+
+
+def test_hybrid_save_load_roundtrip(docs, tiny_generator, tmp_path):
+    from layered import Pipeline
+
+    pipe = Pipeline(generator=tiny_generator, retriever=_retriever(docs))
+    before = [h.chunk.id for h in pipe.retrieve("inherited genetic changes", k=6)]
+    pipe.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    assert isinstance(loaded.retriever, HybridRetriever)
+    assert [h.chunk.id for h in loaded.retrieve("inherited genetic changes", k=6)] == before
+
+
+def test_metrics_by_hand():
+    rel = {"a": 1, "b": 2}
+    assert recall_at_k(["x", "a", "y"], rel, 3) == 0.5
+    assert mrr_at_k(["x", "a"], rel, 10) == 0.5
+    assert ndcg_at_k(["b", "a"], rel, 10) == pytest.approx(1.0)
+    expected = (1 / math.log2(2) + 2 / math.log2(3)) / (2 / math.log2(2) + 1 / math.log2(3))
+    assert ndcg_at_k(["a", "b"], rel, 10) == pytest.approx(expected)
+    assert ndcg_at_k(["x"], {}, 10) == 0.0
+
+
+def test_beir_folder_end_to_end(tmp_path, docs):
+    corpus = [{"_id": d.id, "title": d.metadata["focus"], "text": d.text} for d in docs[:20]]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus), encoding="utf-8")
+    queries = [{"_id": f"q{i}", "text": docs[i].text.split("\n")[0]} for i in range(0, 20, 4)]
+    (tmp_path / "queries_train.jsonl").write_text("\n".join(json.dumps(q) for q in queries), encoding="utf-8")
+    (tmp_path / "qrels_train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i].id}\t1\n" for i in range(0, 20, 4)), encoding="utf-8"
+    )
+    data = load_beir(tmp_path, split="train")
+    assert len(data.corpus) == 20 and data.corpus[0].text.startswith(docs[0].metadata["focus"])
+    retrievers = build_retrievers(data.corpus, embedder=HashingEmbedder(256))
+    for retriever in retrievers.values():
+        ranked = rank_documents(retriever, data.queries["q0"], k=10)
+        assert len(ranked) == len(set(ranked)) <= 10
+        scores = evaluate_retriever(retriever, data.queries, data.qrels, k=10)
+        assert scores["queries"] == 5 and 0 < scores["ndcg@10"] <= 1
+    assert evaluate_retriever(retrievers["bm25"], data.queries, data.qrels)["recall@10"] == 1.0

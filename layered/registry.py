@@ -18,6 +18,10 @@ _TABLE: dict[str, dict[str, str]] = {
         "sentence-transformers": "layered.retrieval.embedders:SentenceTransformerEmbedder",
         "hashing": "layered.retrieval.embedders:HashingEmbedder",
     },
+    "store": {
+        "faiss": "layered.retrieval.stores.faiss_store:FaissStore",
+        "milvus": "layered.connectors.milvus:MilvusStore",
+    },
     "retriever": {
         "dense": "layered.retrieval.dense:DenseRetriever",
         "hybrid": "layered.retrieval.hybrid:HybridRetriever",

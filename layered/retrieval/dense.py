@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from layered.errors import EmptyCorpusError, InputError
-from layered.protocols import Chunker, Embedder, Filters
+from layered.protocols import Chunker, Embedder, Filters, VectorStore
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.stores.faiss_store import FaissStore
 from layered.types import Chunk, Document, Hit
@@ -48,7 +48,7 @@ class DenseRetriever:
 
     kind = "dense"
 
-    def __init__(self, *, embedder: Embedder, store: FaissStore | None = None, chunker: Chunker | None = None) -> None:
+    def __init__(self, *, embedder: Embedder, store: VectorStore | None = None, chunker: Chunker | None = None) -> None:
         self.embedder = embedder
         self.store = store if store is not None else FaissStore(embedder.dim)
         if chunker is None:
@@ -78,7 +78,7 @@ class DenseRetriever:
         log.info("embedding %d chunks of %d documents", len(chunks), len(docs))
         vectors = embed_in_batches(self.embedder, [c.text for c in chunks], progress=progress)
         # Upsert: a re-added document replaces all of its old chunks, even if it now has fewer.
-        stale = [c.id for c in self.store.chunks() if c.doc_id in seen]
+        stale = [c.id for c in self.store.chunks() if c.doc_id in seen]  # type: ignore[attr-defined]
         self.store.delete(stale)
         self.store.add(chunks, vectors)
         return len(chunks)
@@ -96,10 +96,10 @@ class DenseRetriever:
         embedder_cfg = getattr(self.embedder, "config", None)
         if not callable(chunker_cfg) or not callable(embedder_cfg):
             raise InputError("this retriever's chunker or embedder has no config(); it cannot be saved")
-        return {"kind": self.kind, "embedder": embedder_cfg(), "chunker": chunker_cfg(), "store": self.store.config()}
+        return {"kind": self.kind, "embedder": embedder_cfg(), "chunker": chunker_cfg(), "store": self.store.config()}  # type: ignore[attr-defined]
 
     def save(self, folder: Path) -> None:
-        self.store.save(folder / "store")
+        self.store.save(folder / "store")  # type: ignore[attr-defined]
 
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "DenseRetriever":
@@ -107,7 +107,7 @@ class DenseRetriever:
 
         embedder = registry.build("embedder", config["embedder"])
         chunker = registry.build_chunker(config["chunker"], embedder)
-        store = FaissStore.load(folder / "store", dim=int(config["store"]["dim"]))
+        store = registry.lookup("store", config["store"]["kind"]).load(folder / "store", config["store"])
         if embedder.dim != store.dim:
             raise InputError(f"the saved index holds {store.dim}-d vectors but the embedder makes {embedder.dim}-d ones")
         return cls(embedder=embedder, store=store, chunker=chunker)

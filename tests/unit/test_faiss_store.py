@@ -64,7 +64,7 @@ def test_save_load_roundtrip(tmp_path):
     store.delete(["c4"])
     save_folder_atomically(tmp_path / "s", store.save)
     verify_manifest(tmp_path / "s")
-    loaded = FaissStore.load(tmp_path / "s", dim=EMB.dim)
+    loaded = FaissStore.load(tmp_path / "s", store.config())
     q = EMB.embed(["topic 3"])[0]
     assert [(h.chunk, h.score) for h in loaded.search(q, k=8)] == [(h.chunk, h.score) for h in store.search(q, k=8)]
     extra = Chunk(id="new", doc_id="n", text="fresh")

@@ -125,8 +125,12 @@ class FaissStore:
                 f.write(json.dumps({"faiss_id": i, **self._chunks[i].to_dict()}, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, folder: Path, *, dim: int) -> "FaissStore":
-        """Read a store written by :meth:`save`. Verify the folder's manifest first."""
+    def load(cls, folder: Path, config: Mapping[str, Any]) -> "FaissStore":
+        """Read a store written by :meth:`save` (``config`` as from :meth:`config`).
+
+        Verify the folder's manifest first: FAISS must never parse an unchecked file.
+        """
+        dim = int(config["dim"])
         store = cls(dim)
         try:
             raw = np.frombuffer((folder / INDEX_FILE).read_bytes(), dtype=np.uint8)

@@ -20,6 +20,7 @@ import numpy as np
 
 from layered.errors import ConfigError, InputError
 from layered.protocols import Filters
+from layered.retrieval.filters import ContainsAny
 from layered.types import Chunk, Hit
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -47,7 +48,9 @@ def filter_expression(filters: Filters | None) -> str:
         if not isinstance(key, str) or not _KEY.match(key):
             raise InputError(f"filter key {key!r} must be a plain identifier (letters, digits, _)")
         field = f'chunk["metadata"]["{key}"]'
-        if isinstance(want, (list, tuple, set, frozenset)):
+        if isinstance(want, ContainsAny):
+            parts.append(f"json_contains_any({field}, [{', '.join(_literal(v) for v in want.values)}])")
+        elif isinstance(want, (list, tuple, set, frozenset)):
             values = list(want)
             if not values:
                 return "false"

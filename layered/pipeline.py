@@ -19,6 +19,7 @@ from layered.errors import ArtifactError, ConfigError, ContextOverflowError, Inp
 from layered.prompts.grounding import attribute_by_overlap, parse_citations, to_citation
 from layered.prompts.template import ChatPromptTemplate
 from layered.protocols import Filters, Generator, PromptTemplate, Retriever
+from layered.retrieval.filters import User, matches, with_access
 from layered.types import Answer, Document, Hit, Prompt
 
 log = logging.getLogger(__name__)
@@ -110,16 +111,31 @@ class Pipeline:
 
     # -- asking ------------------------------------------------------------------------------
 
-    def retrieve(self, question: str, *, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
-        """The hits the pipeline would put in the prompt for ``question`` (before budgeting)."""
+    def retrieve(
+        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+    ) -> list[Hit]:
+        """The hits the pipeline would put in the prompt for ``question`` (before budgeting).
+
+        With ``user``, only chunks whose access list names the user, one of their groups, or
+        ``"*"`` can come back; the filter is applied inside the store query.
+        """
         _check_question(question)
         if self.retriever is None:
             return []
-        return list(self.retriever.retrieve(question, k=k or self.k, filters=filters))
+        filters = with_access(filters, user)
+        hits = list(self.retriever.retrieve(question, k=k or self.k, filters=filters))
+        # Defence in depth for user-written retrievers that ignore filters: never pass on a
+        # chunk that fails them (the built-in stores already filter inside the query).
+        allowed = [h for h in hits if matches(h.chunk.metadata, filters)]
+        if len(allowed) < len(hits):
+            log.warning("the retriever returned %d chunks outside the filters; dropped them", len(hits) - len(allowed))
+        return allowed
 
-    def build_prompt(self, question: str, *, k: int | None = None, filters: Filters | None = None, **variables: Any) -> Prompt:
+    def build_prompt(
+        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None, **variables: Any,
+    ) -> Prompt:
         """The exact prompt ``ask`` sends: retrieved passages packed by rank into the budget."""
-        hits = self.retrieve(question, k=k, filters=filters)
+        hits = self.retrieve(question, k=k, filters=filters, user=user)
         return self._fit(question, hits, variables)
 
     def _fit(self, question: str, hits: list[Hit], variables: dict[str, Any]) -> Prompt:
@@ -140,15 +156,19 @@ class Pipeline:
             )
         return prompt
 
-    def ask(self, question: str, *, k: int | None = None, filters: Filters | None = None, **variables: Any) -> Answer:
+    def ask(
+        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None, **variables: Any,
+    ) -> Answer:
         """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt."""
-        prompt = self.build_prompt(question, k=k, filters=filters, **variables)
+        prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
         generation = self.generator.generate(prompt)
         return _answer(generation.text, prompt, generation)
 
-    def stream(self, question: str, *, k: int | None = None, filters: Filters | None = None, **variables: Any) -> Iterator[str]:
+    def stream(
+        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None, **variables: Any,
+    ) -> Iterator[str]:
         """Yield the answer text in pieces as it is generated (same prompt as :meth:`ask`)."""
-        prompt = self.build_prompt(question, k=k, filters=filters, **variables)
+        prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
         yield from self.generator.stream(prompt)
 
     # -- persistence -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ store), so it can also index new documents and save/load itself as one folder.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 from layered.errors import EmptyCorpusError, InputError
 from layered.protocols import Chunker, Embedder, Filters, VectorStore
 from layered.retrieval.chunkers import TokenChunker
+from layered.retrieval.filters import normalise_access
 from layered.retrieval.stores.faiss_store import FaissStore
 from layered.types import Chunk, Document, Hit
 
@@ -70,6 +72,8 @@ class DenseRetriever:
             if d.id in seen:
                 raise InputError(f"document id {d.id!r} appears twice; ids must be unique (pick another id_field)")
             seen.add(d.id)
+        # Every chunk carries an explicit access list, so stores can filter on it in-query.
+        docs = [replace(d, metadata=normalise_access(d.metadata)) for d in docs]
         chunks: list[Chunk] = self.chunker.split(d for d in docs if d.text.strip())
         if not chunks:
             raise EmptyCorpusError(

@@ -1,23 +1,89 @@
-"""Metadata filters: ``{"key": value}`` or ``{"key": [any, of, these]}``, all keys must match.
+"""Metadata filters and document-level access control.
 
-Filter values are compared as data (equality / membership), never spliced into a query
-string, so a hostile value cannot widen a filter.
+A filter maps metadata keys to a wanted value: a plain value means equality, a list/tuple/set
+means "any of these", and :class:`ContainsAny` means "the metadata value is a list sharing
+at least one element with these" (used for access lists). All keys must match. Values are
+compared as data, never spliced into a query string, so a hostile value cannot widen a filter.
+
+Access control: a document may carry ``metadata["access"]``, a list of principals allowed
+to see it (``"user:<id>"``, ``"group:<name>"``, or ``"*"`` for everyone). A document without
+one is public. :func:`access_filter` turns a :class:`User` into the filter that stores
+apply *inside* their query, so ``k`` visible chunks come back whenever ``k`` exist.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
+from layered.errors import InputError
 from layered.protocols import Filters
+
+ACCESS_KEY = "access"
+PUBLIC = "*"
+
+
+@dataclass(frozen=True)
+class ContainsAny:
+    """Filter value: the metadata value is a list that contains any of ``values``."""
+
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class User:
+    """Who is asking: an id and the groups they belong to."""
+
+    id: str
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise InputError("a user needs a non-empty string id")
+        if isinstance(self.groups, str) or not all(isinstance(g, str) and g for g in self.groups):
+            raise InputError("user groups must be a sequence of non-empty strings")
+
+    def principals(self) -> tuple[str, ...]:
+        return (PUBLIC, f"user:{self.id}", *(f"group:{g}" for g in self.groups))
+
+
+def access_filter(user: User) -> dict[str, ContainsAny]:
+    """The filter that keeps only chunks ``user`` may see."""
+    return {ACCESS_KEY: ContainsAny(user.principals())}
+
+
+def with_access(filters: Filters | None, user: User | None) -> Filters | None:
+    """``filters`` narrowed to what ``user`` may see (unchanged when there is no user)."""
+    if user is None:
+        return filters
+    if filters and ACCESS_KEY in filters:
+        raise InputError(f"pass user=... instead of a filter on {ACCESS_KEY!r}")
+    return {**(filters or {}), **access_filter(user)}
+
+
+def normalise_access(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata with a valid access list (``["*"]`` when the document has none)."""
+    out = dict(metadata)
+    access = out.get(ACCESS_KEY)
+    if access is None:
+        out[ACCESS_KEY] = [PUBLIC]
+    elif isinstance(access, str) or not isinstance(access, Sequence) or not all(isinstance(p, str) for p in access):
+        raise InputError(f"metadata[{ACCESS_KEY!r}] must be a list of principals such as ['user:ann', 'group:staff'], got {access!r}")
+    else:
+        out[ACCESS_KEY] = list(access)
+    return out
 
 
 def matches(metadata: Mapping[str, Any], filters: Filters | None) -> bool:
-    """Whether ``metadata`` satisfies every filter (a list/tuple/set value means "any of")."""
+    """Whether ``metadata`` satisfies every filter (see module docstring)."""
     if not filters:
         return True
     for key, want in filters.items():
         have = metadata.get(key)
-        if isinstance(want, (list, tuple, set, frozenset)):
+        if isinstance(want, ContainsAny):
+            if not isinstance(have, (list, tuple)) or not set(have) & set(want.values):
+                return False
+        elif isinstance(want, (list, tuple, set, frozenset)):
             if have not in want:
                 return False
         elif have != want:

@@ -31,7 +31,8 @@ class FileLoader:
 
     For record files (JSONL/CSV), the text is ``text_fields`` joined by a blank line; by
     default the first of ``text``/``content``/``body`` that a record has, or its
-    ``question`` and ``answer`` together. Every other scalar field becomes metadata.
+    ``question`` and ``answer`` together. Every other scalar (or list-of-strings) field
+    becomes metadata; an ``access`` list restricts who may retrieve the document.
     ``source_field`` names the field used as the document's source (default: ``url`` when
     present, else ``path:line``).
     """
@@ -109,10 +110,7 @@ class FileLoader:
         doc_id = str(record[id_field]) if id_field and record.get(id_field) not in (None, "") else fallback_id
         source_field = self.source_field or next((f for f in SOURCE_FIELDS if record.get(f)), None)
         source = str(record[source_field]) if source_field and record.get(source_field) else fallback_id
-        metadata = {
-            k: v for k, v in record.items()
-            if k not in fields and isinstance(v, (str, int, float, bool)) and v is not None
-        }
+        metadata = {k: v for k, v in record.items() if k not in fields and _is_metadata(v)}
         return Document(id=doc_id, text=text, source=source, metadata=metadata)
 
     def _text_fields(self, record: Mapping[str, Any], where: str) -> Sequence[str]:
@@ -126,6 +124,13 @@ class FileLoader:
         raise DocumentLoadError(
             f"{where}: cannot tell which field holds the text (fields: {', '.join(record)}); pass text_fields=[...]"
         )
+
+
+def _is_metadata(value: Any) -> bool:
+    # Scalars, and lists of strings (e.g. an access list of principals).
+    if isinstance(value, (str, int, float, bool)):
+        return True
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def load_documents(source: str | Path, **options: Any) -> list[Document]:

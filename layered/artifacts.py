@@ -134,12 +134,16 @@ def save_folder_atomically(
     """Build a folder with ``write(tmp_folder)``, add a manifest, then swap it in for ``target``.
 
     If ``write`` raises, ``target`` is left untouched. The swap renames the old folder aside,
-    renames the new one into place and only then deletes the old one.
+    renames the new one into place and only then deletes the old one. One writer per target
+    is assumed: temp folders left by a writer that was killed are removed here.
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} exists and is not a folder; choose another path")
+    _recover_interrupted_swap(target)
+    for stale in target.parent.glob(f".{target.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         write(tmp)

@@ -34,9 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ix = sub.add_parser("index", help="index a file or folder into a saved pipeline folder",
-                        description="Load, chunk and embed PATH (.jsonl, .csv, .txt, .md, or a folder of them) and save a pipeline to DIR.")
+                        description="Load, chunk and embed PATH (.jsonl[.gz], .csv, .txt, .md, or a folder of them) and save a "
+                                    "pipeline to DIR. If DIR already holds a pipeline, only new or changed documents are embedded.")
     ix.add_argument("path", help="file or folder to index")
     ix.add_argument("--out", required=True, help="folder to save the pipeline to (replaced atomically)")
+    ix.add_argument("--prune", action="store_true", help="when updating DIR, delete documents that are no longer in PATH")
+    ix.add_argument("--hybrid", action="store_true", help="new index: fuse BM25 with dense search (RRF)")
     ix.add_argument("--chunk-size", type=int, default=200, help="tokens per chunk (default 200)")
     ix.add_argument("--chunk-overlap", type=int, default=40, help="tokens shared by neighbouring chunks (default 40)")
     ix.add_argument("--text-field", action="append", dest="text_fields", metavar="FIELD",
@@ -102,16 +105,28 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from layered.artifacts import MANIFEST
     from layered.pipeline import Pipeline
+    from layered.retrieval.loaders import load_documents
 
     t = time.perf_counter()
     loader = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
-    pipe = Pipeline.from_defaults(
-        args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
-        progress=not args.quiet, **loader,
-    )
+    if (Path(args.out) / MANIFEST).is_file():
+        pipe = Pipeline.load(args.out)
+        docs = load_documents(args.path, **loader)
+        report = pipe.add_documents(docs, progress=not args.quiet)
+        log.info("updated %s: %s", args.out, report)
+        if args.prune:
+            keep = {d.id for d in docs}
+            gone = {c.doc_id for c in pipe.retriever.store.chunks()} - keep
+            log.info("pruned %d documents no longer in %s", pipe.delete_documents(sorted(gone)), args.path)
+    else:
+        pipe = Pipeline.from_defaults(
+            args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+            hybrid=args.hybrid, progress=not args.quiet, **loader,
+        )
     path = pipe.save(args.out)
-    log.info("indexed %d chunks in %.1fs; saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
+    log.info("%d chunks indexed (%.1fs); saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
     print(path)
     return 0
 

@@ -72,12 +72,14 @@ class Pipeline:
         prompt: PromptTemplate | None = None,
         progress: bool = False,
         metadata: dict[str, Any] | None = None,
+        hybrid: bool = False,
         **loader_options: Any,
     ) -> "Pipeline":
         """A pipeline on the embedded defaults: MiniLM embeddings in FAISS, SmolLM2 generator.
 
         ``corpus`` (a file, a folder, or documents) is indexed now; the generator loads on
-        first use. ``loader_options`` go to :class:`~layered.retrieval.loaders.FileLoader`.
+        first use. ``hybrid=True`` fuses BM25 with dense search. ``loader_options`` go to
+        :class:`~layered.retrieval.loaders.FileLoader`.
         """
         from layered.generation.transformers_generator import TransformersGenerator
         from layered.retrieval.chunkers import TokenChunker
@@ -90,6 +92,10 @@ class Pipeline:
             embedder = SentenceTransformerEmbedder()
             chunker = TokenChunker(size=chunk_size, overlap=chunk_overlap, tokenizer=embedder.tokenizer())
             retriever = DenseRetriever(embedder=embedder, chunker=chunker)
+            if hybrid:
+                from layered.retrieval.hybrid import HybridRetriever
+
+                retriever = HybridRetriever(retriever)
             docs = load_documents(corpus, **loader_options) if isinstance(corpus, (str, Path)) else list(corpus)
             retriever.add_documents(docs, progress=progress)
         generator = TransformersGenerator(max_new_tokens=max_new_tokens)
@@ -102,12 +108,19 @@ class Pipeline:
                 part.warm_up()
         return self
 
-    def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> int:
-        """Index more documents into the retriever; returns the number of chunks added."""
+    def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> Any:
+        """Index new or changed documents (unchanged ones are skipped); returns the retriever's report."""
         add = getattr(self.retriever, "add_documents", None)
         if add is None:
             raise ConfigError("this pipeline's retriever cannot index documents (it has no add_documents)")
-        return int(add(docs, progress=progress))
+        return add(docs, progress=progress)
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents (all their chunks) from the index; returns how many were there."""
+        delete = getattr(self.retriever, "delete_documents", None)
+        if delete is None:
+            raise ConfigError("this pipeline's retriever cannot delete documents (it has no delete_documents)")
+        return int(delete(doc_ids))
 
     # -- asking ------------------------------------------------------------------------------
 

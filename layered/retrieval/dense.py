@@ -17,6 +17,7 @@ from layered.errors import EmptyCorpusError, InputError
 from layered.protocols import Chunker, Embedder, Filters, VectorStore
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.filters import normalise_access
+from layered.retrieval.ingest import HASH_KEY, IngestReport, content_hash, indexed_documents
 from layered.retrieval.stores.faiss_store import FaissStore
 from layered.types import Chunk, Document, Hit
 
@@ -61,31 +62,61 @@ class DenseRetriever:
     def __len__(self) -> int:
         return len(self.store)
 
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> int:
-        """Chunk, embed and store ``docs``; returns the number of chunks added.
+    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> IngestReport:
+        """Index ``docs`` incrementally; returns what was added, updated and skipped.
 
-        Raises :class:`EmptyCorpusError` when the documents hold no text at all.
+        A document whose id is indexed with the same content hash is skipped (not
+        re-embedded); a changed one has all its old chunks replaced; one whose content
+        duplicates another document's is skipped. The store is only touched after chunking
+        and embedding succeeded. Raises :class:`EmptyCorpusError` when there are no
+        documents, or no text at all in them and in the index.
         """
         docs = list(docs)
-        seen: set[str] = set()
+        if not docs:
+            raise EmptyCorpusError("the corpus has no documents; check the path and file types")
+        ids: set[str] = set()
         for d in docs:
-            if d.id in seen:
+            if d.id in ids:
                 raise InputError(f"document id {d.id!r} appears twice; ids must be unique (pick another id_field)")
-            seen.add(d.id)
-        # Every chunk carries an explicit access list, so stores can filter on it in-query.
-        docs = [replace(d, metadata=normalise_access(d.metadata)) for d in docs]
-        chunks: list[Chunk] = self.chunker.split(d for d in docs if d.text.strip())
-        if not chunks:
-            raise EmptyCorpusError(
-                "the corpus has no text to index" if docs else "the corpus has no documents; check the path and file types"
-            )
-        log.info("embedding %d chunks of %d documents", len(chunks), len(docs))
+            ids.add(d.id)
+        existing = indexed_documents(self.store.chunks())  # type: ignore[attr-defined]
+        hashes = set(existing.values())
+        todo: list[Document] = []
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "duplicates": 0, "empty": 0}
+        for d in docs:
+            # Every chunk carries an explicit access list, so stores can filter on it in-query.
+            meta = normalise_access(d.metadata)
+            d = replace(d, metadata={**meta, HASH_KEY: content_hash(replace(d, metadata=meta))})
+            h = d.metadata[HASH_KEY]
+            if existing.get(d.id) == h:
+                counts["unchanged"] += 1
+            elif not d.text.strip():
+                counts["empty"] += 1
+            elif h in hashes:
+                counts["duplicates"] += 1
+            else:
+                counts["updated" if d.id in existing else "added"] += 1
+                hashes.add(h)
+                todo.append(d)
+        if not todo and not existing and counts["empty"]:
+            raise EmptyCorpusError("the corpus has no text to index")
+        chunks: list[Chunk] = self.chunker.split(todo)
+        if chunks:
+            log.info("embedding %d chunks of %d new or changed documents", len(chunks), len(todo))
         vectors = embed_in_batches(self.embedder, [c.text for c in chunks], progress=progress)
-        # Upsert: a re-added document replaces all of its old chunks, even if it now has fewer.
-        stale = [c.id for c in self.store.chunks() if c.doc_id in seen]  # type: ignore[attr-defined]
-        self.store.delete(stale)
-        self.store.add(chunks, vectors)
-        return len(chunks)
+        # Upsert: a changed (or emptied) document loses all its old chunks, even if it now has fewer.
+        replaced = {d.id for d in todo} | {d.id for d in docs if not d.text.strip() and d.id in existing}
+        self.store.delete(c.id for c in self.store.chunks() if c.doc_id in replaced)  # type: ignore[attr-defined]
+        if chunks:
+            self.store.add(chunks, vectors)
+        return IngestReport(**counts, chunks_embedded=len(chunks))
+
+    def delete_documents(self, doc_ids: Iterable[str]) -> int:
+        """Remove every chunk of these documents; returns how many documents were indexed."""
+        wanted = set(doc_ids)
+        chunks = [c for c in self.store.chunks() if c.doc_id in wanted]  # type: ignore[attr-defined]
+        self.store.delete(c.id for c in chunks)
+        return len({c.doc_id for c in chunks})
 
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:
         if not isinstance(query, str) or not query.strip():

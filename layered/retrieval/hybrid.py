@@ -14,6 +14,7 @@ from layered.errors import ConfigError
 from layered.protocols import Filters
 from layered.retrieval.bm25 import BM25Retriever
 from layered.retrieval.dense import DenseRetriever
+from layered.retrieval.ingest import IngestReport
 from layered.types import Document, Hit
 
 
@@ -69,8 +70,11 @@ class HybridRetriever:
     def __len__(self) -> int:
         return len(self.dense)
 
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> int:
+    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> IngestReport:
         return self.dense.add_documents(docs, progress=progress)
+
+    def delete_documents(self, doc_ids: Iterable[str]) -> int:
+        return self.dense.delete_documents(doc_ids)
 
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:
         n = max(k, self.candidates)

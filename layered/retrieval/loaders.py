@@ -1,7 +1,7 @@
 """Loaders: read files and folders into :class:`~layered.types.Document` objects.
 
-``FileLoader`` reads ``.jsonl`` (also gzipped), ``.csv``, ``.txt`` and ``.md`` files, and
-folders of them.
+``FileLoader`` reads ``.jsonl`` (also gzipped), ``.csv``, ``.txt``, ``.md``, ``.html`` and
+``.pdf`` files, and folders of them (with include/exclude globs, never leaving the folder).
 Document ids are stable across runs: a record's own id field when it has one, otherwise
 the file's path (relative to the loaded root) plus the record's line or row number.
 """
@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from layered.errors import DocumentLoadError, SourceNotFoundError
+from layered.retrieval.formats import html_text, markdown_metadata, pdf_pages
 from layered.types import Document
 
+log = logging.getLogger(__name__)
+
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+MARKUP_SUFFIXES = (".html", ".htm", ".pdf")
 RECORD_SUFFIXES = (".jsonl", ".csv")
 GZIP_SUFFIX = ".jsonl.gz"
+SUPPORTED = frozenset(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
 ID_FIELDS = ("id", "_id", "doc_id")
 TEXT_FIELDS = ("text", "content", "body")
 SOURCE_FIELDS = ("url", "source_url")
@@ -41,30 +48,58 @@ class FileLoader:
     id_field: str | None = None
     source_field: str | None = None
     encoding: str = "utf-8"
+    include: Sequence[str] = ("*",)
+    exclude: Sequence[str] = ()
+
+    def _walk(self, root: Path) -> list[Path]:
+        """Files under ``root`` matching include/exclude globs, never outside ``root``.
+
+        Patterns match the path relative to ``root`` (``*`` crosses folders). A file whose
+        real path leaves ``root`` (a symlink pointing elsewhere) is skipped with a warning.
+        """
+        real_root = root.resolve()
+        out = []
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if not path.is_file() or _suffix(path) not in SUPPORTED:
+                continue
+            if not any(fnmatch(rel, p) for p in self.include) or any(fnmatch(rel, p) for p in self.exclude):
+                continue
+            if not path.resolve().is_relative_to(real_root):
+                log.warning("skipping %s: it points outside %s", rel, root)
+                continue
+            out.append(path)
+        return out
 
     def load(self, source: str | Path) -> Iterator[Document]:
         root = Path(source).expanduser()
         if not root.exists():
             raise SourceNotFoundError(f"{source}: no such file or folder")
         if root.is_dir():
-            files = sorted(
-                p for p in root.rglob("*")
-                if p.is_file() and (p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES or p.name.lower().endswith(GZIP_SUFFIX))
-            )
+            files = self._walk(root)
             base = root
         else:
             files, base = [root], root.parent
         for path in files:
             rel = path.relative_to(base).as_posix()
-            suffix = GZIP_SUFFIX if path.name.lower().endswith(GZIP_SUFFIX) else path.suffix.lower()
+            suffix = _suffix(path)
             if suffix in (".jsonl", GZIP_SUFFIX):
                 yield from self._jsonl(path, rel)
             elif suffix == ".csv":
                 yield from self._csv(path, rel)
-            elif suffix in TEXT_SUFFIXES:
+            elif suffix in (".md", ".markdown"):
+                text = self._read(path)
+                yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **markdown_metadata(text)})
+            elif suffix == ".txt":
                 yield Document(id=rel, text=self._read(path), source=rel, metadata={"path": rel})
+            elif suffix in (".html", ".htm"):
+                text, meta = html_text(self._read(path))
+                yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **meta})
+            elif suffix == ".pdf":
+                for page, text in pdf_pages(path):
+                    yield Document(id=f"{rel}#page={page}", text=text, source=rel, metadata={"path": rel, "page": page})
             else:
-                kinds = ", ".join(TEXT_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
+                kinds = ", ".join(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
                 raise DocumentLoadError(f"{path}: unsupported file type {suffix!r}; use one of {kinds}")
 
     def _read(self, path: Path) -> str:
@@ -124,6 +159,10 @@ class FileLoader:
         raise DocumentLoadError(
             f"{where}: cannot tell which field holds the text (fields: {', '.join(record)}); pass text_fields=[...]"
         )
+
+
+def _suffix(path: Path) -> str:
+    return GZIP_SUFFIX if path.name.lower().endswith(GZIP_SUFFIX) else path.suffix.lower()
 
 
 def _is_metadata(value: Any) -> bool:

@@ -63,3 +63,72 @@ def test_record_without_a_text_field(tmp_path):
         load_documents(p)
     with pytest.raises(DocumentLoadError, match="no field 'body'"):
         load_documents(p, text_fields=["body"])
+
+
+def _pdf(pages: list[str]) -> bytes:
+    """A minimal, valid PDF with one line of Helvetica text per page."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", None, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 14 Tf 20 100 Td ({text}) Tj ET".encode()
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 400 144] /Contents {len(objects)} 0 R "
+                       "/Resources << /Font << /F1 3 0 R >> >> >>")
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>"
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def test_pdf_one_document_per_page(tmp_path):
+    (tmp_path / "manual.pdf").write_bytes(_pdf(["Tent setup guide", "Warranty is two years"]))
+    docs = load_documents(tmp_path / "manual.pdf")
+    assert [(d.id, d.metadata["page"]) for d in docs] == [("manual.pdf#page=1", 1), ("manual.pdf#page=2", 2)]
+    assert "Warranty is two years" in docs[1].text
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    with pytest.raises(DocumentLoadError, match="not a readable PDF"):
+        load_documents(tmp_path / "broken.pdf")
+
+
+def test_html_visible_text_only(tmp_path):
+    (tmp_path / "p.html").write_text(
+        "<html><head><title>Trail Boots</title><style>p{color:red}</style></head><body>"
+        "<script>alert('x')</script><h1>Boots</h1><p>Waterproof &amp; light.</p><noscript>enable js</noscript></body></html>",
+        encoding="utf-8",
+    )
+    (doc,) = load_documents(tmp_path / "p.html")
+    assert doc.text == "Boots\nWaterproof & light." and doc.metadata["title"] == "Trail Boots"
+
+
+def test_markdown_headings_are_metadata(tmp_path):
+    (tmp_path / "m.md").write_text("# Guide\nintro\n## Returns ##\nthirty days\n", encoding="utf-8")
+    (doc,) = load_documents(tmp_path / "m.md")
+    assert doc.metadata["title"] == "Guide" and doc.metadata["headings"] == ["Guide", "Returns"]
+
+
+def test_include_exclude_globs(tmp_path):
+    for rel in ("a/keep.md", "a/drop.md", "b/keep.txt", "notes.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("text\nx" if rel.endswith(".csv") else "text", encoding="utf-8")
+    ids = [d.id for d in FileLoader(include=["*.md", "*.txt"], exclude=["*drop*"]).load(tmp_path)]
+    assert ids == ["a/keep.md", "b/keep.txt"]
+
+
+def test_symlinks_cannot_escape_the_root(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret", encoding="utf-8")
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.txt").write_text("fine", encoding="utf-8")
+    (root / "leak.txt").symlink_to(secret)
+    (root / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
+    docs = load_documents(root)
+    assert [d.id for d in docs] == ["ok.txt"]
+    assert all("top secret" not in d.text for d in docs)

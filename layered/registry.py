@@ -25,6 +25,10 @@ _TABLE: dict[str, dict[str, str]] = {
     "retriever": {
         "dense": "layered.retrieval.dense:DenseRetriever",
         "hybrid": "layered.retrieval.hybrid:HybridRetriever",
+        "reranked": "layered.retrieval.rerank:RerankingRetriever",
+    },
+    "reranker": {
+        "cross-encoder": "layered.retrieval.rerank:CrossEncoderReranker",
     },
     "generator": {
         "transformers": "layered.generation.transformers_generator:TransformersGenerator",

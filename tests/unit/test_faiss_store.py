@@ -70,3 +70,22 @@ def test_save_load_roundtrip(tmp_path):
     extra = Chunk(id="new", doc_id="n", text="fresh")
     loaded.add([extra], EMB.embed(["fresh"]))  # ids keep counting after a reload
     assert len(loaded) == 30 and loaded.search(EMB.embed(["fresh"])[0], k=1)[0].chunk.id == "new"
+
+
+def test_hnsw_agrees_with_exact_search_and_filters_keep_k():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    chunks = [Chunk(id=f"c{i}", doc_id=f"d{i}", text="", metadata={"rare": i % 500 == 0}) for i in range(3000)]
+    exact, approx = FaissStore(32, index="flat"), FaissStore(32, index="auto", hnsw_threshold=1000)
+    for store in (exact, approx):
+        store.add(chunks, vectors)
+    assert approx.uses_hnsw and not exact.uses_hnsw
+    overlap = []
+    for q in rng.standard_normal((50, 32)).astype(np.float32):
+        want = {h.chunk.id for h in exact.search(q, k=10)}
+        overlap.append(len(want & {h.chunk.id for h in approx.search(q, k=10)}) / 10)
+        rare = approx.search(q, k=10, filters={"rare": True})
+        assert len(rare) == 6 and all(h.chunk.metadata["rare"] for h in rare)  # 6 rare chunks exist
+    assert np.mean(overlap) >= 0.95
+    approx.delete(["c0"])
+    assert all(h.chunk.id != "c0" for h in approx.search(vectors[0], k=5))

@@ -17,10 +17,10 @@ GROUPS = ["alpha", "beta", 'quote"s', "back\\slash", "x' or 1==1 or '", "ünïc�
 
 
 def _open(kind, folder, collection="conf"):
-    if kind == "faiss":
+    if kind.startswith("faiss"):
         from layered.retrieval.stores import FaissStore
 
-        return FaissStore(EMB.dim)
+        return FaissStore(EMB.dim, index="hnsw" if kind == "faiss-hnsw" else "flat")
     from layered.connectors.milvus import MilvusStore
 
     return MilvusStore(EMB.dim, uri=str(folder / "milvus.db"), collection=collection)
@@ -28,7 +28,7 @@ def _open(kind, folder, collection="conf"):
 
 def _reopen(kind, store, folder):
     """Persist and open again, as a new process would."""
-    if kind == "faiss":
+    if kind.startswith("faiss"):
         from layered.retrieval.stores import FaissStore
 
         save_folder_atomically(folder / "faiss", store.save)
@@ -49,7 +49,7 @@ def _chunks(n):
     ]
 
 
-@pytest.fixture(params=["faiss", "milvus"])
+@pytest.fixture(params=["faiss", "faiss-hnsw", "milvus"])
 def kind(request):
     return request.param
 

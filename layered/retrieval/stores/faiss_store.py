@@ -1,7 +1,8 @@
-"""FAISS vector store: exact cosine search over normalised vectors, with chunk payloads.
+"""FAISS vector store: cosine search over normalised vectors, with chunk payloads.
 
 Vectors live in a FAISS ``IndexIDMap2`` over ``IndexFlatIP`` (exact inner product, which is
-cosine on L2-normalised vectors); chunk texts and metadata live beside it. Metadata
+cosine on L2-normalised vectors), with an optional HNSW graph for large indexes; chunk
+texts and metadata live beside it. Metadata
 filters are applied inside the FAISS query through an ID selector, so a filtered search
 still returns ``k`` hits whenever ``k`` chunks match.
 
@@ -34,19 +35,31 @@ def _faiss():  # type: ignore[no-untyped-def]
 
 
 class FaissStore:
-    """Exact cosine FAISS store (see module docstring).
+    """Cosine FAISS store (see module docstring).
+
+    ``index="flat"`` searches exactly. ``index="hnsw"`` adds an HNSW graph built from the
+    flat vectors on the first search after a change (approximate, much faster on large
+    indexes); ``"auto"`` (default) uses HNSW from ``hnsw_threshold`` chunks up. The flat
+    index stays the source of truth: it is what is saved, deletes apply to it, and a
+    filtered HNSW search that finds fewer than ``k`` matches falls back to exact search,
+    so filters never cost results.
 
     Contract: ``add`` upserts by chunk id; ``search`` returns at most ``k`` hits, best
-    first, ranks 1..n, only chunks whose metadata match every filter; ``delete`` returns
-    how many of the given ids were present.
+    first, ranks 1..n, only chunks whose metadata match every filter, and ``k`` of them
+    whenever ``k`` chunks match; ``delete`` returns how many of the given ids were present.
     """
 
     kind = "faiss"
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, index: str = "auto", hnsw_threshold: int = 50_000, hnsw_m: int = 32, ef_search: int = 128) -> None:
         if dim < 1:
             raise ConfigError(f"vector dimension must be positive, got {dim}")
+        if index not in ("auto", "flat", "hnsw"):
+            raise ConfigError(f"index must be 'auto', 'flat' or 'hnsw', got {index!r}")
         self.dim = dim
+        self.index_type, self.hnsw_threshold, self.hnsw_m, self.ef_search = index, hnsw_threshold, hnsw_m, ef_search
+        self._hnsw: Any = None
+        self._hnsw_version = -1
         faiss = _faiss()
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._chunks: dict[int, Chunk] = {}
@@ -82,19 +95,46 @@ class FaissStore:
             self._ids[chunk.id] = i
         self.version += 1
 
+    @property
+    def uses_hnsw(self) -> bool:
+        return self.index_type == "hnsw" or (self.index_type == "auto" and len(self._chunks) >= self.hnsw_threshold)
+
+    def _graph(self) -> Any:
+        """The HNSW graph over the current vectors (rebuilt after changes)."""
+        if self._hnsw_version != self.version:
+            faiss = _faiss()
+            ids = np.array(sorted(self._chunks), dtype=np.int64)
+            vectors = np.vstack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+            graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = max(40, self.hnsw_m * 2)
+            self._hnsw = faiss.IndexIDMap2(graph)
+            self._hnsw.add_with_ids(vectors, ids)
+            self._hnsw_version = self.version
+        return self._hnsw
+
     def search(self, vector: np.ndarray, *, k: int, filters: Filters | None = None) -> list[Hit]:
         if k < 1 or not self._chunks:
             return []
         faiss = _faiss()
         query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, self.dim))
         faiss.normalize_L2(query)
-        params = None
+        selector = None
+        want = min(k, len(self._chunks))
         if filters:
             allowed = np.array([i for i, c in self._chunks.items() if matches(c.metadata, filters)], dtype=np.int64)
             if allowed.size == 0:
                 return []
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        scores, ids = self._index.search(query, min(k, len(self._chunks)), params=params)
+            selector = faiss.IDSelectorBatch(allowed)
+            want = min(k, int(allowed.size))
+        scores = ids = None
+        if self.uses_hnsw:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, want))
+            scores, ids = self._graph().search(query, want, params=params)
+            if int((ids[0] >= 0).sum()) < want:  # a restrictive filter starved the graph walk
+                scores = ids = None
+        if scores is None:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            scores, ids = self._index.search(query, want, params=params)
         hits = [
             Hit(chunk=self._chunks[int(i)], score=float(s), rank=0)
             for s, i in zip(scores[0], ids[0]) if i >= 0
@@ -113,7 +153,10 @@ class FaissStore:
     # -- persistence -------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "dim": self.dim, "size": len(self)}
+        return {
+            "kind": self.kind, "dim": self.dim, "size": len(self), "index": self.index_type,
+            "hnsw_threshold": self.hnsw_threshold, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search,
+        }
 
     def save(self, folder: Path) -> None:
         """Write the index and payloads into ``folder`` (the caller makes it atomic)."""
@@ -131,7 +174,10 @@ class FaissStore:
         Verify the folder's manifest first: FAISS must never parse an unchecked file.
         """
         dim = int(config["dim"])
-        store = cls(dim)
+        store = cls(
+            dim, index=config.get("index", "auto"), hnsw_threshold=int(config.get("hnsw_threshold", 50_000)),
+            hnsw_m=int(config.get("hnsw_m", 32)), ef_search=int(config.get("ef_search", 128)),
+        )
         try:
             raw = np.frombuffer((folder / INDEX_FILE).read_bytes(), dtype=np.uint8)
             index = _faiss().deserialize_index(raw)

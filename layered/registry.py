@@ -65,13 +65,15 @@ def build(role: str, config: Mapping[str, Any]) -> Any:
 
 def build_chunker(config: Mapping[str, Any], embedder: Any) -> Any:
     """Build a chunker; its token counts come from ``embedder``'s tokenizer when it has one."""
-    from layered.retrieval.chunkers import TokenChunker
+    from layered.retrieval.chunkers import SemanticChunker, SentenceChunker, TokenChunker
     from layered.retrieval.tokenizers import RegexTokenizer
 
-    if config.get("kind") != "token":
-        raise ConfigError(f"unknown chunker kind {config.get('kind')!r} (known: token)")
-    if config.get("tokenizer") == "embedder":
-        tokenizer = embedder.tokenizer()
-    else:
-        tokenizer = RegexTokenizer()
-    return TokenChunker(size=int(config["size"]), overlap=int(config["overlap"]), tokenizer=tokenizer)
+    kind = config.get("kind")
+    tokenizer = embedder.tokenizer() if config.get("tokenizer") == "embedder" else RegexTokenizer()
+    if kind == "token":
+        return TokenChunker(size=int(config["size"]), overlap=int(config["overlap"]), tokenizer=tokenizer)
+    if kind == "sentence":
+        return SentenceChunker(window=int(config["window"]), overlap=int(config["overlap"]))
+    if kind == "semantic":
+        return SemanticChunker(embedder, percentile=float(config["percentile"]), max_tokens=int(config["max_tokens"]), tokenizer=tokenizer)
+    raise ConfigError(f"unknown chunker kind {kind!r} (known: token, sentence, semantic)")

@@ -1,16 +1,21 @@
-"""Chunkers: split documents into overlapping, token-counted chunks.
+"""Chunkers: split documents into chunks that keep character offsets into their document.
 
-``TokenChunker`` cuts each document into windows of at most ``size`` tokens (of the
-embedder's tokenizer) that overlap by about ``overlap`` tokens. Cuts prefer, in order, a
-paragraph or sentence end and then a word boundary within the second half of the window,
-so chunks rarely end mid-sentence and never mid-word unless a single word is longer than
-the window. Every chunk keeps its character offsets into its document.
+* :class:`TokenChunker` (recursive, the default): windows of at most ``size`` tokens of the
+  embedder's tokenizer, overlapping by about ``overlap`` tokens, cut at the last paragraph
+  break, else sentence end, else word boundary in the second half of the window.
+* :class:`SentenceChunker`: windows of ``window`` whole sentences, overlapping by ``overlap``.
+* :class:`SemanticChunker`: cuts between adjacent sentences whose embeddings are least
+  similar (below the ``percentile``-th percentile of the document's similarities), and
+  whenever a chunk would exceed ``max_tokens``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
+
+import numpy as np
 
 from layered.errors import ConfigError
 from layered.retrieval.tokenizers import RegexTokenizer, Tokenizer
@@ -76,15 +81,110 @@ class TokenChunker:
         return i == 0 or offs[i][0] > offs[i - 1][1]
 
     def _cut(self, text: str, offs: list[tuple[int, int]], start: int, end: int) -> int:
-        """Best token index in (start + size/2, end] to end the window before."""
+        """Best token index in (start + size/2, end] to end the window before.
+
+        Recursive preference: the last paragraph break, else the last sentence end, else
+        the last word boundary, else a hard cut at ``end``.
+        """
         lo = start + max(1, (end - start) // 2)
-        word_cut = None
+        best: dict[int, int] = {}
         for i in range(end, lo - 1, -1):
             if not self._word_start(text, offs, i):
                 continue
             gap = text[offs[i - 1][1]:offs[i][0]]
-            if "\n" in gap or text[offs[i - 1][1] - 1] in _SENTENCE_END:
-                return i
-            if word_cut is None:
-                word_cut = i
-        return word_cut if word_cut is not None else end
+            level = 0 if gap.count("\n") >= 2 else 1 if "\n" in gap or text[offs[i - 1][1] - 1] in _SENTENCE_END else 2
+            best.setdefault(level, i)
+            if level == 0:
+                break
+        return best[min(best)] if best else end
+
+
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences (and lines) of ``text``, whitespace trimmed."""
+    spans = []
+    for m in _SENTENCE.finditer(text):
+        s, e = m.span()
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e > s:
+            spans.append((s, e))
+    return spans
+
+
+def _chunks_from_groups(doc: Document, groups: list[tuple[int, int]]) -> list[Chunk]:
+    return [
+        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[s:e], source=doc.source, start=s, end=e, metadata=dict(doc.metadata))
+        for i, (s, e) in enumerate(groups)
+    ]
+
+
+@dataclass
+class SentenceChunker:
+    """Windows of ``window`` sentences; neighbours share ``overlap`` sentences."""
+
+    window: int = 4
+    overlap: int = 1
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or not 0 <= self.overlap < self.window:
+            raise ConfigError(f"need window >= 1 and 0 <= overlap < window, got window={self.window}, overlap={self.overlap}")
+
+    def config(self) -> dict[str, object]:
+        return {"kind": "sentence", "window": self.window, "overlap": self.overlap}
+
+    def split(self, docs: Iterable[Document]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for doc in docs:
+            sents = sentence_spans(doc.text)
+            step = self.window - self.overlap
+            groups = []
+            for i in range(0, len(sents), step):
+                part = sents[i:i + self.window]
+                groups.append((part[0][0], part[-1][1]))
+                if i + self.window >= len(sents):
+                    break
+            out.extend(_chunks_from_groups(doc, groups))
+        return out
+
+
+@dataclass
+class SemanticChunker:
+    """Cut where adjacent sentences are least similar (see module docstring)."""
+
+    embedder: Any
+    percentile: float = 25.0
+    max_tokens: int = 200
+    tokenizer: Tokenizer = field(default_factory=RegexTokenizer)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.percentile <= 100 or self.max_tokens < 1:
+            raise ConfigError("percentile must be in [0, 100] and max_tokens positive")
+
+    def config(self) -> dict[str, object]:
+        tokenizer = "regex" if isinstance(self.tokenizer, RegexTokenizer) else "embedder"
+        return {"kind": "semantic", "percentile": self.percentile, "max_tokens": self.max_tokens, "tokenizer": tokenizer}
+
+    def split(self, docs: Iterable[Document]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for doc in docs:
+            sents = sentence_spans(doc.text)
+            if not sents:
+                continue
+            vectors = np.asarray(self.embedder.embed([doc.text[s:e] for s, e in sents]), dtype=np.float32)
+            sims = (vectors[:-1] * vectors[1:]).sum(axis=1)
+            cut_below = float(np.percentile(sims, self.percentile)) if len(sims) else 0.0
+            lengths = [len(self.tokenizer.offsets(doc.text[s:e])) for s, e in sents]
+            groups, start, tokens = [], 0, lengths[0]
+            for i in range(1, len(sents)):
+                if sims[i - 1] <= cut_below or tokens + lengths[i] > self.max_tokens:
+                    groups.append((sents[start][0], sents[i - 1][1]))
+                    start, tokens = i, 0
+                tokens += lengths[i]
+            groups.append((sents[start][0], sents[-1][1]))
+            out.extend(_chunks_from_groups(doc, groups))
+        return out

@@ -53,3 +53,31 @@ def test_empty_documents_yield_no_chunks():
 def test_bad_sizes_are_config_errors(size, overlap):
     with pytest.raises(ConfigError):
         TokenChunker(size=size, overlap=overlap)
+
+
+def test_prefers_paragraph_breaks_over_sentence_ends():
+    text = "One two three. Four five six.\n\nSeven eight nine. Ten eleven twelve. Thirteen fourteen."
+    first = TokenChunker(size=14, overlap=0, tokenizer=TOK).split([Document(id="p", text=text)])[0]
+    assert first.text == "One two three. Four five six."
+
+
+def test_sentence_windows_overlap_by_whole_sentences():
+    from layered.retrieval.chunkers import SentenceChunker
+
+    text = "A one. B two! C three? D four.\nE five"
+    chunks = SentenceChunker(window=2, overlap=1).split([Document(id="s", text=text)])
+    assert [c.text for c in chunks] == ["A one. B two!", "B two! C three?", "C three? D four.", "D four.\nE five"]
+    assert all(text[c.start:c.end] == c.text for c in chunks)
+
+
+def test_semantic_chunker_cuts_at_topic_shifts():
+    from layered.retrieval.chunkers import SemanticChunker
+    from layered.retrieval.embedders import HashingEmbedder
+
+    cats = "Cats purr softly. Cats chase mice. Cats nap often."
+    ships = "Ships sail oceans. Ships carry cargo. Ships dock slowly."
+    doc = Document(id="t", text=f"{cats} {ships}")
+    chunks = SemanticChunker(HashingEmbedder(512), percentile=0, max_tokens=100).split([doc])
+    assert [c.text for c in chunks] == [cats, ships]
+    capped = SemanticChunker(HashingEmbedder(512), percentile=0, max_tokens=8).split([doc])
+    assert all(_tokens(c.text) <= 8 for c in capped) and len(capped) == 4  # 4 tokens a sentence, 2 a chunk

@@ -71,3 +71,20 @@ def test_bf16_embeddings_match_fp32(docs):
     bf16 = SentenceTransformerEmbedder(precision="bfloat16").embed(texts)
     assert fp32.shape == (16, 384) and np.allclose(np.linalg.norm(fp32, axis=1), 1, atol=1e-5)
     assert float((fp32 * bf16).sum(axis=1).min()) > 0.999
+
+
+def test_eval_retrieval_cli_on_a_beir_folder(tmp_path, docs):
+    corpus = [{"_id": d.id, "title": d.metadata["focus"], "text": d.text} for d in docs[:30]]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus), encoding="utf-8")
+    queries = [{"_id": f"q{i}", "text": docs[i].text.split("\n")[0]} for i in range(0, 30, 3)]
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries), encoding="utf-8")
+    (tmp_path / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i].id}\t1\n" for i in range(0, 30, 3)), encoding="utf-8"
+    )
+    out = tmp_path / "results.json"
+    proc = _layered("-q", "eval", "retrieval", str(tmp_path), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "| retriever | recall@10 | mrr@10 | ndcg@10 |"
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"bm25", "dense", "hybrid"}
+    assert all(0.5 < r["ndcg@10"] <= 1.0 and r["queries"] == 10 for r in results.values())

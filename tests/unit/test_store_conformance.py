@@ -106,3 +106,21 @@ def test_naughty_filter_values_never_match_foreign_rows_in_milvus(tmp_path_facto
         assert {h.chunk.id for h in hits} == {c.id for c in chunks if c.metadata["group"] == value}
     finally:
         store.close()
+
+
+def test_pipeline_on_milvus_saves_and_loads(tmp_path, tiny_generator, docs):
+    from layered import Pipeline
+    from layered.connectors.milvus import MilvusStore
+    from layered.retrieval.chunkers import TokenChunker
+    from layered.retrieval.dense import DenseRetriever
+
+    store = MilvusStore(EMB.dim, uri=str(tmp_path / "kb.db"), collection="kb")
+    retriever = DenseRetriever(embedder=EMB, store=store, chunker=TokenChunker(size=60, overlap=10))
+    retriever.add_documents(docs)
+    pipe = Pipeline(generator=tiny_generator, retriever=retriever)
+    before = [h.chunk.id for h in pipe.retrieve("genetic changes", k=5)]
+    pipe.save(tmp_path / "p")
+    store.close()
+    loaded = Pipeline.load(tmp_path / "p")
+    assert [h.chunk.id for h in loaded.retrieve("genetic changes", k=5)] == before
+    assert loaded.retriever.add_documents(docs).unchanged == len(docs)  # the hashes live in Milvus too

@@ -141,9 +141,10 @@ def save_folder_atomically(
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} exists and is not a folder; choose another path")
-    _recover_interrupted_swap(target)
-    for stale in target.parent.glob(f".{target.name}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _recover_interrupted_swap(target)  # after this, any old copy left beside target is redundant
+    for pattern in (f".{target.name}.*.partial", f".{target.name}.*.old"):
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         write(tmp)

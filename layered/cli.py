@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rebuild", action="store_true", help="re-index even if a cached index exists")
     demo.add_argument("--question", action="append", dest="questions", metavar="Q", help="ask this instead of the sample questions; repeatable")
     demo.add_argument("--max-new-tokens", type=int, default=160, help="longest answer in tokens (default 160)")
+    demo.add_argument("--audience", choices=["patient", "clinician"], default="patient", help="who the answers are for (default patient)")
     return p
 
 
@@ -84,6 +85,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     # Third-party loaders are chatty; keep stderr readable unless asked for debug logs.
     for name in ("transformers", "sentence_transformers", "httpx", "huggingface_hub", "faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if quiet:  # no progress bars either (transformers draws one with plain tqdm while dequantising GGUF)
+        os.environ["TQDM_DISABLE"] = "1"
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -179,7 +182,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print()
         print(f"Q: {question}")
         t = time.perf_counter()
-        answer = pipe.ask(question)
+        answer = pipe.ask(question, audience=args.audience)
         print("A: ", end="")
         _print_answer(answer)
         log.info("(%d tokens in %.1fs)", answer.generation.completion_tokens if answer.generation else 0, time.perf_counter() - t)

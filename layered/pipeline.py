@@ -8,6 +8,7 @@ first use or :meth:`Pipeline.warm_up`, never at construction.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,6 +18,8 @@ from layered import registry
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
 from layered.errors import ArtifactError, ConfigError, ContextOverflowError, InputError
 from layered.prompts.grounding import attribute_by_overlap, parse_citations, to_citation
+from layered.prompts.injection import injection_suspects
+from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
 from layered.protocols import Filters, Generator, PromptTemplate, Retriever
 from layered.retrieval.filters import User, matches, with_access
@@ -151,17 +154,30 @@ class Pipeline:
         hits = self.retrieve(question, k=k, filters=filters, user=user)
         return self._fit(question, hits, variables)
 
+    def _render(self, question: str, hits: list[Hit], variables: dict[str, Any], shots: int | None) -> Prompt:
+        extra: dict[str, Any] = {}
+        params = inspect.signature(self.prompt.render).parameters
+        if "embedder" in params:  # few-shot selection in the retriever's vector space
+            extra["embedder"] = getattr(self.retriever, "embedder", None)
+        if "shots" in params:
+            extra["shots"] = shots
+        return self.prompt.render(question=question, context=hits, **extra, **variables)
+
     def _fit(self, question: str, hits: list[Hit], variables: dict[str, Any]) -> Prompt:
+        prompt = self._render(question, hits, variables, None)
         budget_of = getattr(self.generator, "prompt_budget", None)
         count = getattr(self.generator, "count_tokens", None)
-        prompt = self.prompt.render(question=question, context=hits, **variables)
         if budget_of is None or count is None:
             return prompt
         budget = int(budget_of)
-        # Drop lowest-ranked passages until it fits; the question itself is never cut.
-        while count(prompt) > budget and hits:
-            hits = hits[:-1]
-            prompt = self.prompt.render(question=question, context=hits, **variables)
+        shots = int(prompt.metadata.get("shots", 0))
+        # Over budget: drop the lowest-ranked passage, then few-shot examples; never cut the question.
+        while count(prompt) > budget and (hits or shots):
+            if hits:
+                hits = hits[:-1]
+            else:
+                shots -= 1
+            prompt = self._render(question, hits, variables, shots)
         n = count(prompt)
         if n > budget:
             raise ContextOverflowError(
@@ -175,14 +191,15 @@ class Pipeline:
         """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt."""
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
         generation = self.generator.generate(prompt)
-        return _answer(generation.text, prompt, generation)
+        return _answer(generation.text, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)))
 
     def stream(
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None, **variables: Any,
     ) -> Iterator[str]:
         """Yield the answer text in pieces as it is generated (same prompt as :meth:`ask`)."""
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
-        yield from self.generator.stream(prompt)
+        pieces = self.generator.stream(prompt)
+        yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -254,13 +271,18 @@ def _check_question(question: Any) -> None:
         raise InputError("the question is empty; ask something")
 
 
-def _answer(text: str, prompt: Prompt, generation: Any) -> Answer:
-    citations, invalid = parse_citations(text, prompt.context)
+def _answer(text: str, prompt: Prompt, generation: Any, *, reasoning: bool = False) -> Answer:
     metadata: dict[str, Any] = {"citation_mode": "model"}
+    if reasoning:
+        metadata["reasoning"], text = split_reasoning(text)
+    citations, invalid = parse_citations(text, prompt.context)
     if not citations and prompt.context:
         citations = attribute_by_overlap(text, prompt.context)
         metadata["citation_mode"] = "overlap"
     sources = tuple(to_citation(n, h) for n, h in enumerate(prompt.context, start=1))
     if invalid:
         metadata["invalid_citations"] = invalid
+    suspects = injection_suspects(prompt.context)
+    if suspects:
+        metadata["injection_suspects"] = suspects
     return Answer(text=text, citations=tuple(citations), sources=sources, generation=generation, metadata=metadata)

@@ -33,13 +33,9 @@ DEMO_QUESTIONS = (
     "How can I lower my high blood pressure?",
 )
 
-MEDICAL_PROMPT = ChatPromptTemplate(
-    system=(
-        "You are a careful medical information assistant. Answer using only the numbered reference "
-        "passages, in a few sentences. Cite the passages you use as [1], [2]. If they do not contain "
-        "the answer, say that you do not know. Do not give personal medical advice."
-    ),
-)
+PROMPT_PATH = Path(__file__).resolve().parent / "data" / "medical_prompt.toml"
+MEDICAL_PROMPT = ChatPromptTemplate.from_file(PROMPT_PATH)
+AUDIENCES = tuple(MEDICAL_PROMPT.audiences)
 
 
 def default_cache_dir() -> Path:
@@ -64,7 +60,8 @@ def load_or_build(cache: Path, *, corpus: Path = SAMPLE_PATH, rebuild: bool = Fa
     digest = sha256_file(corpus)
     if not rebuild and cache.exists():
         try:
-            pipe = Pipeline.load(cache)
+            # The prompt is this library's current one; only the index is reused from the cache.
+            pipe = Pipeline.load(cache, prompt=MEDICAL_PROMPT)
             if pipe.metadata.get("corpus_sha256") == digest:
                 return pipe, True
             log.info("the cached index was built from another corpus; rebuilding")

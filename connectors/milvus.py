@@ -21,6 +21,7 @@ import numpy as np
 from layered.errors import ConfigError, InputError
 from layered.protocols import Filters
 from layered.retrieval.filters import ContainsAny
+from layered.retrieval.stores.validation import checked_vectors
 from layered.types import Chunk, Hit
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -129,11 +130,7 @@ class MilvusStore:
         return sorted((Chunk.from_dict(r["chunk"]) for r in rows), key=lambda c: c.id)
 
     def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape != (len(chunks), self.dim):
-            raise InputError(f"expected vectors of shape ({len(chunks)}, {self.dim}), got {vectors.shape}")
-        if len({c.id for c in chunks}) != len(chunks):
-            raise InputError("duplicate chunk ids in one add() call")
+        vectors = checked_vectors(chunks, vectors, self.dim)
         too_long = [c.id for c in chunks if len(c.id.encode()) > MAX_ID]
         if too_long:
             raise InputError(f"chunk id {too_long[0][:40]!r}... is longer than Milvus's {MAX_ID}-byte key limit")

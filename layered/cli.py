@@ -134,12 +134,17 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+RESERVED_VARS = frozenset({"question", "context", "k", "filters", "user", "embedder", "shots"})
+
+
 def _parse_vars(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise layered.errors.InputError(f"--var expects NAME=VALUE, got {pair!r}")
+        if not sep or not name.isidentifier():
+            raise layered.errors.InputError(f"--var expects NAME=VALUE with NAME an identifier, got {pair!r}")
+        if name in RESERVED_VARS:
+            raise layered.errors.InputError(f"--var {name}=... is not a prompt variable; use the matching option instead")
         out[name] = value
     return out
 

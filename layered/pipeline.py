@@ -90,7 +90,7 @@ class Pipeline:
         from layered.retrieval.embedders import SentenceTransformerEmbedder
         from layered.retrieval.loaders import load_documents
 
-        retriever = None
+        retriever: Any = None
         if corpus is not None:
             embedder = SentenceTransformerEmbedder()
             chunker = TokenChunker(size=chunk_size, overlap=chunk_overlap, tokenizer=embedder.tokenizer())

@@ -34,7 +34,8 @@ class Chunker(Protocol):
 class Embedder(Protocol):
     """Maps texts to L2-normalised float32 vectors of shape ``(len(texts), dim)``."""
 
-    dim: int
+    @property
+    def dim(self) -> int: ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -66,9 +67,9 @@ class Reranker(Protocol):
 
 @runtime_checkable
 class PromptTemplate(Protocol):
-    """Renders variables (and retrieved context) into the chat messages for the generator."""
+    """Renders the question, retrieved context (numbered 1..n) and variables into chat messages."""
 
-    def render(self, **variables: Any) -> Prompt: ...
+    def render(self, *, question: str, context: Sequence[Hit] = (), **variables: Any) -> Prompt: ...
 
 
 @runtime_checkable

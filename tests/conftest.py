@@ -58,3 +58,4 @@ def docs() -> list[Document]:
         Document(id=r["id"], text=f"{r['question']}\n\n{r['answer']}", source=r["url"], metadata={"qtype": r["qtype"], "focus": r["focus"]})
         for r in rows
     ]
+

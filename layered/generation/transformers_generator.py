@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from layered import models
 from layered.errors import ConfigError, ContextOverflowError, ModelNotAvailableError
@@ -163,7 +163,7 @@ class TransformersGenerator:
             new = out[0, n_prompt:]
             text = tok.decode(new, skip_special_tokens=True).strip()
             ended = len(new) > 0 and int(new[-1]) == tok.eos_token_id
-            finish = "length" if len(new) >= self.max_new_tokens and not ended else "stop"
+            finish: Literal["stop", "length"] = "length" if len(new) >= self.max_new_tokens and not ended else "stop"
             return Generation(text=text, prompt_tokens=n_prompt, completion_tokens=int(len(new)), finish_reason=finish)
 
     def stream(self, prompt: Prompt) -> Iterator[str]:

@@ -47,14 +47,7 @@ class TokenChunker:
         return {"kind": "token", "size": self.size, "overlap": self.overlap, "tokenizer": tokenizer}
 
     def split(self, docs: Iterable[Document]) -> list[Chunk]:
-        chunks: list[Chunk] = []
-        for doc in docs:
-            for i, (start, end) in enumerate(self.spans(doc.text)):
-                chunks.append(Chunk(
-                    id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[start:end], source=doc.source,
-                    start=start, end=end, metadata=dict(doc.metadata),
-                ))
-        return chunks
+        return [chunk for doc in docs for chunk in _chunks_from_groups(doc, self.spans(doc.text))]
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the chunks of ``text``."""

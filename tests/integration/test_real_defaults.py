@@ -6,12 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from layered import Pipeline
+from tests.helpers import write_beir
 
 pytestmark = pytest.mark.slow
 QUESTION = "What are the treatments for Graves disease?"
@@ -74,13 +74,7 @@ def test_bf16_embeddings_match_fp32(docs):
 
 
 def test_eval_retrieval_cli_on_a_beir_folder(tmp_path, docs):
-    corpus = [{"_id": d.id, "title": d.metadata["focus"], "text": d.text} for d in docs[:30]]
-    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus), encoding="utf-8")
-    queries = [{"_id": f"q{i}", "text": docs[i].text.split("\n")[0]} for i in range(0, 30, 3)]
-    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries), encoding="utf-8")
-    (tmp_path / "qrels.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i].id}\t1\n" for i in range(0, 30, 3)), encoding="utf-8"
-    )
+    assert write_beir(tmp_path, docs, n_docs=30, step=3) == 10
     out = tmp_path / "results.json"
     proc = _layered("-q", "eval", "retrieval", str(tmp_path), "--out", str(out))
     assert proc.returncode == 0, proc.stderr

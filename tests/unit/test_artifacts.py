@@ -26,7 +26,9 @@ def test_tampering_is_refused(tmp_path, attack):
     out = save_folder_atomically(tmp_path / "a", _write({"data.bin": bytes(range(256)) * 4}))
     target = out / "data.bin"
     if attack == "bitflip":
-        raw = bytearray(target.read_bytes()); raw[100] ^= 1; target.write_bytes(bytes(raw))
+        raw = bytearray(target.read_bytes())
+        raw[100] ^= 1
+        target.write_bytes(bytes(raw))
     elif attack == "truncate":
         target.write_bytes(target.read_bytes()[:10])
     elif attack == "delete":

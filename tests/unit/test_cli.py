@@ -51,3 +51,8 @@ def test_entry_point_exit_code():
     proc = subprocess.run([sys.executable, "-m", "layered.cli", "ask", "/nonexistent/dir", "q"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines()[-1].startswith("layered: error:")
+
+
+def test_bad_prompt_variables_are_one_line_errors(capsys, tmp_path):
+    assert "NAME=VALUE" in _one_line_error(capsys, ["-q", "ask", str(tmp_path), "q", "--var", "novalue"])
+    assert "not a prompt variable" in _one_line_error(capsys, ["-q", "ask", str(tmp_path), "q", "--var", "k=3"])

@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -6,12 +5,12 @@ import pytest
 from layered.evaluation.retrieval import (
     build_retrievers, evaluate_retriever, load_beir, mrr_at_k, ndcg_at_k, rank_documents, recall_at_k,
 )
-from layered.retrieval.bm25 import BM25Retriever
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
-from layered.types import Chunk, Document, Hit
+from layered.types import Chunk, Hit
+from tests.helpers import write_beir
 
 
 def _h(cid, rank):
@@ -74,13 +73,7 @@ def test_metrics_by_hand():
 
 
 def test_beir_folder_end_to_end(tmp_path, docs):
-    corpus = [{"_id": d.id, "title": d.metadata["focus"], "text": d.text} for d in docs[:20]]
-    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus), encoding="utf-8")
-    queries = [{"_id": f"q{i}", "text": docs[i].text.split("\n")[0]} for i in range(0, 20, 4)]
-    (tmp_path / "queries_train.jsonl").write_text("\n".join(json.dumps(q) for q in queries), encoding="utf-8")
-    (tmp_path / "qrels_train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i].id}\t1\n" for i in range(0, 20, 4)), encoding="utf-8"
-    )
+    assert write_beir(tmp_path, docs, n_docs=20, step=4) == 5
     data = load_beir(tmp_path, split="train")
     assert len(data.corpus) == 20 and data.corpus[0].text.startswith(docs[0].metadata["focus"])
     retrievers = build_retrievers(data.corpus, embedder=HashingEmbedder(256))

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
 
 from layered.artifacts import verify_manifest
 from layered.retrieval.chunkers import TokenChunker

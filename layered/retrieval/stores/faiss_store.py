@@ -19,9 +19,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from layered.errors import ArtifactError, ConfigError, InputError
+from layered.errors import ArtifactError, ConfigError
 from layered.protocols import Filters
 from layered.retrieval.filters import matches
+from layered.retrieval.stores.validation import checked_vectors
 from layered.types import Chunk, Hit
 
 INDEX_FILE = "index.faiss"
@@ -79,11 +80,7 @@ class FaissStore:
         return [self._chunks[i] for i in sorted(self._chunks)]
 
     def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape != (len(chunks), self.dim):
-            raise InputError(f"expected vectors of shape ({len(chunks)}, {self.dim}), got {vectors.shape}")
-        if len({c.id for c in chunks}) != len(chunks):
-            raise InputError("duplicate chunk ids in one add() call")
+        vectors = checked_vectors(chunks, vectors, self.dim)
         self.delete(c.id for c in chunks if c.id in self._ids)
         ids = np.arange(self._next, self._next + len(chunks), dtype=np.int64)
         self._next += len(chunks)

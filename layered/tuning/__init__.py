@@ -1,0 +1,1 @@
+"""Fine-tuning layer: data preparation (this package grows: methods, trainer, adapters)."""

@@ -1,0 +1,21 @@
+"""Small test-data builders shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from layered.types import Document
+
+
+def write_beir(folder: Path, docs: list[Document], *, n_docs: int, step: int) -> int:
+    """Write a small BEIR folder from ``docs``: each ``step``-th document's question is a query
+    whose only relevant document is that one. Returns the number of queries."""
+    corpus = [{"_id": d.id, "title": d.metadata["focus"], "text": d.text} for d in docs[:n_docs]]
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus), encoding="utf-8")
+    picked = range(0, n_docs, step)
+    queries = [{"_id": f"q{i}", "text": docs[i].text.split("\n")[0]} for i in picked]
+    (folder / "queries_train.jsonl").write_text("\n".join(json.dumps(q) for q in queries), encoding="utf-8")
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i].id}\t1\n" for i in picked)
+    (folder / "qrels_train.tsv").write_text(qrels, encoding="utf-8")
+    return len(queries)

@@ -152,7 +152,7 @@ class Pipeline:
     ) -> Prompt:
         """The exact prompt ``ask`` sends: retrieved passages packed by rank into the budget."""
         hits = self.retrieve(question, k=k, filters=filters, user=user)
-        return self._fit(question, hits, variables)
+        return self.pack_prompt(question, hits, variables)
 
     def _render(self, question: str, hits: list[Hit], variables: dict[str, Any], shots: int | None) -> Prompt:
         extra: dict[str, Any] = {}
@@ -163,7 +163,9 @@ class Pipeline:
             extra["shots"] = shots
         return self.prompt.render(question=question, context=hits, **extra, **variables)
 
-    def _fit(self, question: str, hits: list[Hit], variables: dict[str, Any]) -> Prompt:
+    def pack_prompt(self, question: str, hits: Sequence[Hit], variables: dict[str, Any]) -> Prompt:
+        """Render ``question`` with ``hits`` (best first), dropping passages then few-shot examples to fit the budget."""
+        hits = list(hits)
         prompt = self._render(question, hits, variables, None)
         budget_of = getattr(self.generator, "prompt_budget", None)
         count = getattr(self.generator, "count_tokens", None)

@@ -1,0 +1,74 @@
+"""Train what you serve: turn examples into token ids through the pipeline's own prompt.
+
+Each example becomes exactly the chat that :meth:`layered.Pipeline.ask` would send for its
+question (same template, same variables, same retrieved passages under the same token
+budget), followed by the reference answer as the assistant turn. Labels are ``-100`` (no
+loss) on every prompt token and the answer's own ids on the assistant turn, so the model is
+trained only to produce answers. Optional distractors add passages retrieved for *other*
+questions, so the model learns to pick the right passage (retrieval-augmented fine-tuning).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from layered.errors import ContextOverflowError
+from layered.types import Example, Hit
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Features:
+    """One tokenised training example."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+def _distractors(pipeline: Any, example: Example, pool: Sequence[Example], n: int, rng: random.Random) -> list[Hit]:
+    others = [e for e in pool if e.question != example.question]
+    picked: list[Hit] = []
+    for other in rng.sample(others, min(n, len(others))):
+        hits = pipeline.retrieve(other.question, k=1)
+        picked.extend(hits[:1])
+    return picked
+
+
+def format_example(
+    pipeline: Any, example: Example, *, distractors: int = 0, pool: Sequence[Example] = (), seed: int = 0,
+) -> Features:
+    """Token ids and labels for ``example`` as ``pipeline`` would serve it (see module docstring).
+
+    Raises :class:`ContextOverflowError` when prompt plus answer do not fit the generator's
+    context window (even after the prompt drops passages to its budget).
+    """
+    generator = pipeline.generator
+    tokenizer = generator.tokenizer
+    prompt = pipeline.build_prompt(example.question, **dict(example.variables))
+    if distractors and pipeline.retriever is not None:
+        extra = _distractors(pipeline, example, pool, distractors, random.Random(f"{seed}:{example.question}"))
+        known = {h.chunk.id for h in prompt.context}
+        hits = list(prompt.context) + [h for h in extra if h.chunk.id not in known]
+        random.Random(seed).shuffle(hits)  # the right passage is not always first
+        prompt = pipeline.pack_prompt(example.question, hits, dict(example.variables))
+    chat = [{"role": m.role, "content": m.content} for m in prompt.messages]
+    prompt_ids = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
+    full = chat + [{"role": "assistant", "content": example.answer}]
+    full_ids = list(tokenizer.apply_chat_template(full, return_dict=True)["input_ids"])
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError("the chat template renders the prompt differently with and without the answer; cannot mask labels")
+    limit = generator.context_window
+    if len(full_ids) > limit:
+        raise ContextOverflowError(
+            f"example {example.question[:40]!r}... is {len(full_ids)} tokens with its answer; the window is {limit}: "
+            "drop it in cleaning (max_chars) or lower k"
+        )
+    labels = [IGNORE] * len(prompt_ids) + full_ids[len(prompt_ids):]
+    return Features(input_ids=full_ids, labels=labels)

@@ -1,0 +1,58 @@
+"""One configuration for every tuning method, validated, saved beside the adapter as JSON."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from layered.errors import ConfigError
+
+Method = Literal["lora", "ia3", "prefix", "selective", "full"]
+
+
+class TuneConfig(BaseModel):
+    """Method hyper-parameters and the training schedule (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = "lora"
+    # LoRA / DoRA
+    rank: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    dora: bool = False
+    # prefix tuning
+    virtual_tokens: int = Field(default=16, ge=1)
+    # selective tuning: biases/norms only, or additionally the top-k decoder layers
+    top_layers: int = Field(default=0, ge=0)
+    # schedule
+    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=20, ge=1)
+    patience: int | None = Field(default=None, ge=1, description="early stopping after this many evals without improvement")
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"
+    checkpoint_every: int = Field(default=20, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    seed: int = 0
+
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err.get("loc", ())) or "config"
+            raise ConfigError(f"invalid tuning config: {where}: {err['msg']}") from None
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> "TuneConfig":
+        if self.method == "lora" and not self.target_modules:
+            raise ValueError("LoRA needs target_modules")
+        return self

@@ -1,0 +1,41 @@
+"""Tuning methods, one small module each, all behind :func:`apply_method`.
+
+Each method makes a model trainable in its own way and says which parameters form the
+adapter (what is saved, in safetensors, instead of the whole model).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from layered.errors import ConfigError
+from layered.tuning.config import TuneConfig
+
+
+def apply_method(model: Any, config: TuneConfig) -> Any:
+    """Return the model prepared for ``config.method`` (PEFT-wrapped or with params frozen).
+
+    Seeds torch with ``config.seed`` first, so new adapter weights are the same every run.
+    """
+    import torch
+
+    from layered.tuning.methods import full, ia3, lora, prefix, selective
+
+    torch.manual_seed(config.seed)
+    table: dict[str, Callable[[Any, TuneConfig], Any]] = {
+        "lora": lora.apply, "ia3": ia3.apply, "prefix": prefix.apply, "selective": selective.apply, "full": full.apply,
+    }
+    if config.method not in table:
+        raise ConfigError(f"unknown method {config.method!r} (known: {', '.join(table)})")
+    return table[config.method](model, config)
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    """The trainable parameters by name (the adapter), detached and contiguous."""
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -1,0 +1,232 @@
+"""The training loop: length-bucketed batches, warm-up + linear decay, gradient accumulation,
+periodic validation with early stopping, atomic checkpoints with exact resume, metrics.jsonl
+and a loss-curve PNG.
+
+Determinism: batch order depends only on ``(seed, epoch)``, and checkpoints carry the RNG
+states, so a run resumed from a checkpoint takes the same steps as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from layered.artifacts import atomic_write_bytes
+from layered.errors import InputError
+from layered.tuning.checkpoints import complete_checkpoints, load_checkpoint, save_checkpoint
+from layered.tuning.config import TuneConfig
+from layered.tuning.formatting import IGNORE, Features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    """What a training run did. Losses are mean per answer token."""
+
+    steps: int
+    train_loss: float
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    tokens_per_second: float = 0.0
+    seconds: float = 0.0
+    output_dir: str = ""
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of similar lengths (little padding), in a seeded random order.
+
+    Indices are shuffled, cut into pools of 50 batches, sorted by length within each pool,
+    batched, and the batches shuffled again.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(features: Sequence[Features], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(f.input_ids) for f in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, f in enumerate(features):
+        n = len(f.input_ids)
+        ids[row, :n] = torch.tensor(f.input_ids)
+        labels[row, :n] = torch.tensor(f.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _token_loss(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[Any, int]:
+    """Sum of per-token cross-entropy over answer tokens, and their count."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shift_logits = logits[:, :-1].float()
+    shift_labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, int((shift_labels != IGNORE).sum())
+
+
+def evaluate_loss(model: Any, features: Sequence[Features], *, pad_id: int, batch_size: int = 8, bf16: bool = False) -> float:
+    """Mean answer-token loss over ``features`` (no gradients)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(features), batch_size):
+            loss, n = _token_loss(model, _collate(features[start:start + batch_size], pad_id), bf16)
+            total, tokens = total + float(loss), tokens + n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _plot(metrics: list[dict[str, Any]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    val = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), marker="o", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per answer token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train(
+    model: Any,
+    train_set: Sequence[Features],
+    val_set: Sequence[Features],
+    config: TuneConfig,
+    *,
+    out_dir: str | Path,
+    pad_id: int,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainReport:
+    """Train ``model``'s trainable parameters on ``train_set``; see module docstring.
+
+    Writes ``out_dir/metrics.jsonl``, ``out_dir/loss.png`` and ``out_dir/checkpoints/``.
+    With ``resume=True`` it continues from the newest complete checkpoint, if any.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not train_set:
+        raise InputError("the training set is empty")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    bf16 = config.precision == "bfloat16"
+    lengths = [len(f.input_ids) for f in train_set]
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("the model has no trainable parameters; apply a tuning method first")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loop: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "metrics": [], "best_val": None, "bad_evals": 0, "tokens": 0}
+    resumed_from = None
+    ckpt_root = out / "checkpoints"
+    if resume and (found := complete_checkpoints(ckpt_root)):
+        loop = load_checkpoint(found[-1], model=model, optimizer=optimizer, scheduler=scheduler)
+        resumed_from = loop["step"]
+        log.info("resuming from %s (step %d)", found[-1].name, loop["step"])
+    model.train()
+    started = time.perf_counter()
+    tokens_this_run = 0
+    stopped_early = False
+    last_loss = loop["metrics"][-1]["loss"] if loop["metrics"] else float("nan")
+    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training ({config.method})", unit="step", disable=not progress)
+    while loop["step"] < total_steps and not stopped_early:
+        batches = bucketed_batches(lengths, config.batch_size, seed=config.seed, epoch=loop["epoch"])
+        while loop["batch"] < len(batches) and loop["step"] < total_steps:
+            group = batches[loop["batch"]:loop["batch"] + config.grad_accum]
+            feats = [[train_set[i] for i in b] for b in group]
+            n_tokens = sum(f.answer_tokens for b in feats for f in b)
+            optimizer.zero_grad(set_to_none=True)
+            total_loss = 0.0
+            for b in feats:
+                loss_sum, _ = _token_loss(model, _collate(b, pad_id), bf16)
+                (loss_sum / max(n_tokens, 1)).backward()
+                total_loss += float(loss_sum)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            loop["batch"] += len(group)
+            loop["step"] += 1
+            loop["tokens"] += sum(len(f.input_ids) for b in feats for f in b)
+            tokens_this_run += sum(len(f.input_ids) for b in feats for f in b)
+            last_loss = total_loss / max(n_tokens, 1)
+            entry: dict[str, Any] = {"step": loop["step"], "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
+            if val_set and (loop["step"] % config.eval_every == 0 or loop["step"] == total_steps):
+                entry["val_loss"] = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size, bf16=bf16)
+                if loop["best_val"] is None or entry["val_loss"] < loop["best_val"]:
+                    loop["best_val"], loop["bad_evals"] = entry["val_loss"], 0
+                else:
+                    loop["bad_evals"] += 1
+                    stopped_early = config.patience is not None and loop["bad_evals"] >= config.patience
+            loop["metrics"].append(entry)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}")
+            if loop["step"] % config.checkpoint_every == 0 or loop["step"] == total_steps or stopped_early:
+                save_checkpoint(ckpt_root, step=loop["step"], model=model, optimizer=optimizer, scheduler=scheduler,
+                                loop=loop, keep=config.keep_checkpoints)
+            if stopped_early:
+                break
+        if loop["batch"] >= len(batches):
+            loop["epoch"], loop["batch"] = loop["epoch"] + 1, 0
+    bar.close()
+    seconds = time.perf_counter() - started
+    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["metrics"]).encode())
+    _plot(loop["metrics"], out / "loss.png")
+    vals = [(m["step"], m["val_loss"]) for m in loop["metrics"] if "val_loss" in m]
+    return TrainReport(
+        steps=loop["step"], train_loss=last_loss, val_losses=vals, best_val_loss=loop["best_val"], stopped_early=stopped_early,
+        resumed_from=resumed_from, tokens_per_second=tokens_this_run / seconds if seconds else 0.0, seconds=seconds,
+        output_dir=str(out),
+    )

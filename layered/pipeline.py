@@ -203,6 +203,20 @@ class Pipeline:
         pieces = self.generator.stream(prompt)
         yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
 
+    # -- tuning ------------------------------------------------------------------------------
+
+    def fit(self, train: Sequence[Any], *, val: Sequence[Any] | None = None, config: Any = None, **options: Any) -> Any:
+        """Fine-tune the generator on ``train`` examples formatted exactly as :meth:`ask` serves them.
+
+        ``config`` is a :class:`layered.tuning.config.TuneConfig` (LoRA by default);
+        ``options`` go to :func:`layered.tuning.fit.fit_pipeline` (``out_dir``, ``resume``,
+        ``distractors``, ``progress``). The pipeline answers with the adapter afterwards and
+        :meth:`save` stores it. Returns the training report (``val_losses[0]`` is before training).
+        """
+        from layered.tuning.fit import fit_pipeline
+
+        return fit_pipeline(self, train, val=val, config=config, **options)
+
     # -- persistence -------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
@@ -230,8 +244,9 @@ class Pipeline:
 
         def write(tmp: Path) -> None:
             atomic_write_json(tmp / CONFIG_FILE, cfg)
-            if self.retriever is not None and hasattr(self.retriever, "save"):
-                self.retriever.save(tmp)
+            for part in (self.retriever, self.generator):
+                if part is not None and hasattr(part, "save"):
+                    part.save(tmp)
 
         path = save_folder_atomically(folder, write, manifest_extra={"layered_version": layered.__version__})
         log.info("saved pipeline to %s", path)
@@ -256,10 +271,10 @@ class Pipeline:
                 parts[name] = overrides[name]
             elif cfg.get(name) is None:
                 parts[name] = None
-            elif name == "retriever":
-                parts[name] = registry.lookup("retriever", cfg[name]["kind"]).load(folder, cfg[name])
             else:
-                parts[name] = registry.build(name, cfg[name])
+                cls_ = registry.lookup(name, cfg[name]["kind"])
+                # Parts with files of their own (an index, adapter weights) load from the folder.
+                parts[name] = cls_.load(folder, cfg[name]) if hasattr(cls_, "load") else cls_.from_config(cfg[name])
         return cls(
             generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
             k=int(cfg["k"]), metadata=cfg.get("metadata") or {},

@@ -18,6 +18,9 @@ from layered.errors import ConfigError, ContextOverflowError, ModelNotAvailableE
 from layered.types import Generation, Message, Prompt
 
 
+ADAPTER_FILE = "adapter.safetensors"
+
+
 def _chat(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
@@ -59,6 +62,10 @@ class TransformersGenerator:
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
+        #: The tuning config of the attached adapter (None: the base model), and where its
+        #: saved weights are (set by :meth:`load`; applied when the model loads).
+        self.adapter: dict[str, Any] | None = None
+        self._adapter_file: Path | None = None
 
     @classmethod
     def from_objects(cls, model: Any, tokenizer: Any, *, name: str = "in-memory", **options: Any) -> "TransformersGenerator":
@@ -90,7 +97,50 @@ class TransformersGenerator:
                     raise ModelNotAvailableError(f"could not load the generator from {path}: {first}") from e
                 self._tokenizer = tokenizer
                 self._model = model.to(self.device or "cpu").eval()
+                if self.adapter is not None and self._adapter_file is not None:
+                    self._restore_adapter()
             return self._model, self._tokenizer
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    def attach_adapter(self, config: Any) -> Any:
+        """Make the model trainable with ``config`` (a TuneConfig); returns the model to train.
+
+        The generator serves the adapted model from then on (train what you serve).
+        """
+        from layered.tuning.methods import apply_method
+
+        with self._lock:
+            model = apply_method(self._load()[0], config)
+            self._model = model
+            self.adapter = config.model_dump()
+            return model
+
+    def adapter_weights(self) -> dict[str, Any]:
+        """The adapter's tensors by parameter name (empty without an adapter)."""
+        if self.adapter is None:
+            return {}
+        return {n: p.detach().contiguous() for n, p in self._load()[0].named_parameters() if p.requires_grad}
+
+    def _restore_adapter(self) -> None:
+        from safetensors.torch import load_file
+
+        from layered.tuning.config import TuneConfig
+        from layered.tuning.methods import apply_method
+
+        assert self.adapter is not None and self._adapter_file is not None
+        model = apply_method(self._model, TuneConfig(**self.adapter))
+        weights = load_file(str(self._adapter_file))
+        params = dict(model.named_parameters())
+        missing = sorted(set(weights) ^ {n for n, p in params.items() if p.requires_grad})
+        if missing:
+            raise ConfigError(f"the saved adapter does not fit this model (first mismatch: {missing[0]})")
+        import torch
+
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        self._model = model.eval()
 
     def warm_up(self) -> None:
         self._load()
@@ -211,9 +261,31 @@ class TransformersGenerator:
         }
         if self.model_name in models.PACKAGED:
             cfg["package_version"] = models.PACKAGED[self.model_name].version()
+        if self.adapter is not None:
+            cfg["adapter"] = self.adapter
         return cfg
+
+    def save(self, folder: Path) -> None:
+        """Write the adapter's weights (safetensors) into ``folder/generator``; the base model is not copied."""
+        if self.adapter is None:
+            return
+        from safetensors.torch import save_file
+
+        (folder / "generator").mkdir(parents=True, exist_ok=True)
+        save_file(self.adapter_weights(), str(folder / "generator" / ADAPTER_FILE))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TransformersGenerator":
         options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed") if k in config}
         return cls(config["model"], **options)
+
+    @classmethod
+    def load(cls, folder: Path, config: Mapping[str, Any]) -> "TransformersGenerator":
+        """Rebuild from ``config``; a saved adapter is applied when the model first loads."""
+        gen = cls.from_config(config)
+        if config.get("adapter") is not None:
+            gen.adapter = dict(config["adapter"])
+            gen._adapter_file = folder / "generator" / ADAPTER_FILE
+            if not gen._adapter_file.is_file():
+                raise ConfigError(f"{gen._adapter_file} is missing: the pipeline was saved with an adapter")
+        return gen

@@ -1,1 +1,1 @@
-"""Fine-tuning layer: data preparation (this package grows: methods, trainer, adapters)."""
+"""Fine-tuning layer: data preparation, train-what-you-serve formatting, methods, trainer, checkpoints."""

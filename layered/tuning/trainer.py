@@ -193,7 +193,7 @@ def train(
             for b in feats:
                 loss_sum, _ = _token_loss(model, _collate(b, pad_id), bf16)
                 (loss_sum / max(n_tokens, 1)).backward()
-                total_loss += float(loss_sum)
+                total_loss += float(loss_sum.detach())
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()

@@ -83,3 +83,13 @@ def test_beir_folder_end_to_end(tmp_path, docs):
         scores = evaluate_retriever(retriever, data.queries, data.qrels, k=10)
         assert scores["queries"] == 5 and 0 < scores["ndcg@10"] <= 1
     assert evaluate_retriever(retrievers["bm25"], data.queries, data.qrels)["recall@10"] == 1.0
+
+
+def test_answer_metrics_by_hand():
+    from layered.evaluation.answers import rouge_l, token_f1
+
+    assert token_f1("the cat sat", "the cat sat") == 1.0
+    assert token_f1("cat", "the cat sat") == pytest.approx(2 * 1 * (1 / 3) / (1 + 1 / 3))
+    assert token_f1("", "x") == 0.0 and token_f1("", "") == 1.0
+    assert rouge_l("a b c d", "a x c d") == pytest.approx(0.75)  # LCS a c d = 3 of 4
+    assert rouge_l("d c b a", "a b c d") == pytest.approx(0.25)

@@ -1,0 +1,79 @@
+"""``Pipeline.fit``: tune the generator on exactly the prompts the pipeline serves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from layered.errors import ConfigError, ContextOverflowError, InputError
+from layered.tuning.config import TuneConfig
+from layered.tuning.data import EmptyDatasetError, split
+from layered.tuning.formatting import Features, format_example
+from layered.tuning.methods import count_parameters
+from layered.tuning.trainer import TrainReport, evaluate_loss, train
+from layered.types import Example
+
+log = logging.getLogger(__name__)
+
+
+def _features(pipeline: Any, examples: Sequence[Example], *, distractors: int, what: str) -> list[Features]:
+    out, too_long = [], []
+    for ex in examples:
+        try:
+            out.append(format_example(pipeline, ex, distractors=distractors, pool=examples))
+        except ContextOverflowError:
+            too_long.append(ex)
+    if too_long:
+        raise ContextOverflowError(
+            f"{len(too_long)} {what} example(s) do not fit the {pipeline.generator.context_window}-token window with their "
+            f"answer (first: {too_long[0].question[:50]!r}); drop them with clean(max_chars=...) before fitting"
+        )
+    return out
+
+
+def fit_pipeline(
+    pipeline: Any,
+    train_examples: Sequence[Example],
+    *,
+    val: Sequence[Example] | None = None,
+    config: TuneConfig | None = None,
+    out_dir: str | Path = "layered-fit",
+    resume: bool = False,
+    distractors: int = 0,
+    progress: bool = True,
+) -> TrainReport:
+    """Format, check, attach the method's adapter and train; see :meth:`layered.Pipeline.fit`.
+
+    Every input problem (no examples, an empty validation split, an example longer than the
+    window) is raised before the model is touched. Without ``val``, 10% of the training
+    examples (whole near-duplicate groups) are held out for validation.
+    """
+    config = config or TuneConfig()
+    generator = pipeline.generator
+    if not hasattr(generator, "attach_adapter"):
+        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned; use the transformers generator")
+    if generator.adapter is not None:
+        raise ConfigError("this generator already carries an adapter; load the base pipeline to train another")
+    if not train_examples:
+        raise EmptyDatasetError("no training examples")
+    if val is None:
+        parts = split(list(train_examples), validation=0.1, test=0.0, seed=config.seed)
+        train_examples, val = parts.train, parts.validation
+        log.info("held out %d of the training examples for validation", len(val))
+    if not val:
+        raise EmptyDatasetError("the validation set is empty; pass val=[...] with at least one example")
+    train_set = _features(pipeline, train_examples, distractors=distractors, what="training")
+    val_set = _features(pipeline, val, distractors=0, what="validation")
+    tokenizer = generator.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise InputError("the tokenizer has neither a pad nor an end-of-sequence token")
+    model = generator.attach_adapter(config)
+    trainable, total = count_parameters(model)
+    log.info("%s: %d trainable of %d parameters (%.2f%%)", config.method, trainable, total, 100 * trainable / total)
+    before = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size)
+    report = train(model, train_set, val_set, config, out_dir=out_dir, pad_id=pad_id, resume=resume, progress=progress)
+    model.eval()
+    report.val_losses.insert(0, (0, before))
+    return report

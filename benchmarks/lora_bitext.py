@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--train", type=int, default=240)
     ap.add_argument("--test", type=int, default=16)
-    ap.add_argument("--out", default="/tmp/layered-lora-bitext")
+    ap.add_argument("--out", default="layered-lora-bitext", help="run folder (checkpoints, metrics.jsonl, loss.png)")
     args = ap.parse_args()
     examples, report = clean(load_examples(DATA, keep=["intent"]), max_chars=1500)
     print(report)

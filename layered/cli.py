@@ -3,6 +3,7 @@
     layered index PATH --out DIR       index a file or folder into a saved pipeline
     layered ask DIR "question"         answer from a saved pipeline (add --json for data)
     layered eval retrieval DATA        recall/MRR/nDCG of BM25, dense, hybrid on BEIR data
+    layered tune DATA --pipeline DIR   fine-tune the generator on the prompts the pipeline serves
     layered demo medical               the medical assistant on the bundled MedQuAD sample
 
 Answers go to stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a
@@ -67,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--retriever", choices=["all", "bm25", "dense", "hybrid"], default="all")
     ev.add_argument("--max-queries", type=int, help="evaluate only the first N judged queries")
     ev.add_argument("--out", help="also write the results as JSON to this file")
+
+    tune = sub.add_parser("tune", help="fine-tune a saved pipeline's generator on question/answer data",
+                          description="Clean DATA (.jsonl/.csv pairs or chat rows), hold out validation, fine-tune the generator "
+                                      "of the pipeline in --pipeline on the prompts it serves, and save the tuned pipeline.")
+    tune.add_argument("data", help="training data, or a .toml/.json TuneConfig file with a 'data' key")
+    tune.add_argument("--pipeline", required=True, help="saved pipeline folder to tune")
+    tune.add_argument("--out", help="where to save the tuned pipeline (default: replace --pipeline atomically)")
+    tune.add_argument("--run-dir", help="checkpoints, metrics.jsonl and loss.png (default: OUT.run)")
+    tune.add_argument("--method", choices=["lora", "ia3", "prefix", "selective", "full"], help="tuning method (default lora)")
+    tune.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
+    tune.add_argument("--question-field", help="column holding the question")
+    tune.add_argument("--answer-field", help="column holding the answer")
+    tune.add_argument("--redact", action="store_true", help="replace e-mails, phone numbers and long ids before training")
+    tune.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run folder")
 
     demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
                           description="Build (or reuse from the cache) an index over bundled data and answer sample questions.")
@@ -212,7 +227,46 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "demo": _cmd_demo}
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from layered.pipeline import Pipeline
+    from layered.tuning.config import TuneConfig
+    from layered.tuning.data import clean, data_report, load_examples, redact
+
+    options: dict[str, object] = {}
+    data = Path(args.data)
+    if data.suffix.lower() in (".toml", ".json"):
+        import tomllib
+
+        raw = data.read_text(encoding="utf-8")
+        options = dict(tomllib.loads(raw) if data.suffix.lower() == ".toml" else json.loads(raw))
+        if "data" not in options:
+            raise layered.errors.ConfigError(f"{data}: a tuning config file needs a 'data' key naming the examples file")
+        data = (data.parent / str(options.pop("data"))).resolve()
+    if args.method:
+        options["method"] = args.method
+    if args.steps:
+        options["max_steps"] = args.steps
+    config = TuneConfig(**options)  # type: ignore[arg-type]
+    examples, report = clean(load_examples(data, question_field=args.question_field, answer_field=args.answer_field))
+    log.info("cleaning: %s", report)
+    if args.redact:
+        examples, counts = redact(examples)
+        log.info("redacted: %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
+    log.info("%s", data_report(examples, title=str(data.name)))
+    pipe = Pipeline.load(args.pipeline)
+    out = Path(args.out or args.pipeline)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    path = pipe.save(out)
+    losses = ", ".join(f"step {s}: {v:.3f}" for s, v in fit.val_losses)
+    log.info("validation loss per answer token: %s", losses)
+    log.info("%d steps in %.0fs (%.0f tokens/s); metrics and loss curve in %s", fit.steps, fit.seconds, fit.tokens_per_second, run_dir)
+    log.info("tuned pipeline (adapter in generator/adapter.safetensors) saved to %s", path)
+    print(path)
+    return 0
+
+
+COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "tune": _cmd_tune, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

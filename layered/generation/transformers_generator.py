@@ -66,6 +66,7 @@ class TransformersGenerator:
         #: saved weights are (set by :meth:`load`; applied when the model loads).
         self.adapter: dict[str, Any] | None = None
         self._adapter_file: Path | None = None
+        self.merged = False
 
     @classmethod
     def from_objects(cls, model: Any, tokenizer: Any, *, name: str = "in-memory", **options: Any) -> "TransformersGenerator":
@@ -115,6 +116,20 @@ class TransformersGenerator:
             self._model = model
             self.adapter = config.model_dump()
             return model
+
+    def merge_adapter(self) -> None:
+        """Fold a LoRA adapter into the base weights (W + scale * B A): zero added latency.
+
+        The generator keeps serving the same function; it can no longer be trained further
+        or saved as a separate adapter (save the merged model's folder instead).
+        """
+        with self._lock:
+            model = self._load()[0]
+            if self.adapter is None or self.adapter.get("method") != "lora":
+                raise ConfigError("only a LoRA adapter can be merged; this generator has " + str((self.adapter or {}).get("method")))
+            self._model = model.merge_and_unload().eval()
+            self.adapter = None
+            self.merged = True
 
     def adapter_weights(self) -> dict[str, Any]:
         """The adapter's tensors by parameter name (empty without an adapter)."""
@@ -252,6 +267,8 @@ class TransformersGenerator:
     # -- config ------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
+        if self.merged:
+            raise ConfigError("a generator with a merged adapter cannot be saved as a config; save before merging")
         if self.model_name not in models.PACKAGED and not Path(self.model_name).exists():
             raise ConfigError(f"generator model {self.model_name!r} is not a packaged model or a local path; it cannot be saved")
         cfg: dict[str, Any] = {

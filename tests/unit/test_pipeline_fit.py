@@ -40,3 +40,44 @@ def test_bad_input_is_refused_before_training(tiny_generator, tmp_path):
     with pytest.raises(ContextOverflowError, match="1 training example"):
         pipe.fit([*TRAIN, Example(question="long?", answer="word " * 3000)], val=VAL, out_dir=tmp_path)
     assert tiny_generator.adapter is None  # nothing was attached or trained
+
+
+def test_merged_lora_matches_unmerged_outputs_and_logits(tiny_model_dir, tmp_path):
+    import torch
+
+    from layered.generation.transformers_generator import TransformersGenerator
+
+    gen = TransformersGenerator(str(tiny_model_dir), max_new_tokens=12, context_window=1024)
+    pipe = Pipeline(generator=gen)
+    config = TuneConfig(rank=8, learning_rate=1e-2, max_steps=10, batch_size=8, eval_every=5, checkpoint_every=10)
+    pipe.fit(TRAIN, val=VAL, config=config, out_dir=tmp_path / "run", progress=False)
+    prompt = pipe.build_prompt("What is the code for item 41?")
+    ids = gen.encode(prompt)
+    with torch.no_grad():
+        unmerged_logits = gen.model(**ids).logits
+    unmerged = gen.generate(prompt).text
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in gen.model.named_parameters())  # the adapter did something
+    gen.merge_adapter()
+    assert not any("lora" in n for n, _ in gen.model.named_parameters())
+    with torch.no_grad():
+        merged_logits = gen.model(**ids).logits
+    assert torch.allclose(merged_logits, unmerged_logits, atol=1e-4)
+    assert gen.generate(prompt).text == unmerged
+    with pytest.raises(ConfigError, match="merged"):
+        pipe.save(tmp_path / "merged")
+
+
+def test_tune_cli_trains_and_saves_the_adapter(tiny_generator, tmp_path, capsys):
+    import json
+
+    from layered.cli import main
+
+    Pipeline(generator=tiny_generator).save(tmp_path / "base")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"question": e.question, "answer": e.answer}) + "\n" for e in TRAIN + VAL), encoding="utf-8")
+    (tmp_path / "tune.toml").write_text('data = "pairs.jsonl"\nrank = 4\nmax_steps = 4\nbatch_size = 8\n', encoding="utf-8")
+    code = main(["-q", "tune", str(tmp_path / "tune.toml"), "--pipeline", str(tmp_path / "base"), "--out", str(tmp_path / "tuned")])
+    assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "tuned")
+    assert Pipeline.load(tmp_path / "tuned").generator.adapter["rank"] == 4
+    assert (tmp_path / "tuned.run" / "loss.png").is_file() and (tmp_path / "tuned.run" / "metrics.jsonl").is_file()
+    assert main(["-q", "tune", str(tmp_path / "missing.csv"), "--pipeline", str(tmp_path / "base")]) == 1

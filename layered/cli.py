@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--pipeline", required=True, help="saved pipeline folder to tune")
     tune.add_argument("--out", help="where to save the tuned pipeline (default: replace --pipeline atomically)")
     tune.add_argument("--run-dir", help="checkpoints, metrics.jsonl and loss.png (default: OUT.run)")
-    tune.add_argument("--method", choices=["lora", "ia3", "prefix", "selective", "full"], help="tuning method (default lora)")
+    tune.add_argument("--method", choices=["lora", "ia3", "prefix", "bottleneck", "selective", "full"], help="tuning method (default lora)")
     tune.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
     tune.add_argument("--question-field", help="column holding the question")
     tune.add_argument("--answer-field", help="column holding the answer")

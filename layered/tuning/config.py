@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from layered.errors import ConfigError
 
-Method = Literal["lora", "ia3", "prefix", "selective", "full"]
+Method = Literal["lora", "ia3", "prefix", "bottleneck", "selective", "full"]
 
 
 class TuneConfig(BaseModel):
@@ -25,6 +25,8 @@ class TuneConfig(BaseModel):
     dora: bool = False
     # prefix tuning
     virtual_tokens: int = Field(default=16, ge=1)
+    # bottleneck adapters: width of the down-projection
+    bottleneck: int = Field(default=64, ge=1)
     # selective tuning: biases/norms only, or additionally the top-k decoder layers
     top_layers: int = Field(default=0, ge=0)
     # schedule

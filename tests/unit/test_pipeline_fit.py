@@ -81,3 +81,36 @@ def test_tune_cli_trains_and_saves_the_adapter(tiny_generator, tmp_path, capsys)
     assert Pipeline.load(tmp_path / "tuned").generator.adapter["rank"] == 4
     assert (tmp_path / "tuned.run" / "loss.png").is_file() and (tmp_path / "tuned.run" / "metrics.jsonl").is_file()
     assert main(["-q", "tune", str(tmp_path / "missing.csv"), "--pipeline", str(tmp_path / "base")]) == 1
+
+
+@pytest.mark.parametrize("method, extra", [("lora", {"dora": True}), ("ia3", {}), ("prefix", {"virtual_tokens": 4}), ("bottleneck", {"bottleneck": 8}),
+                                           ("selective", {"top_layers": 1}), ("full", {})])
+def test_every_method_trains_serves_and_round_trips(tiny_model_dir, tmp_path, method, extra):
+    from layered.generation.transformers_generator import TransformersGenerator
+    from layered.tuning.methods import count_parameters
+
+    gen = TransformersGenerator(str(tiny_model_dir), max_new_tokens=6, context_window=1024)
+    pipe = Pipeline(generator=gen)
+    config = TuneConfig(method=method, learning_rate=1e-2, max_steps=3, batch_size=8, eval_every=3, checkpoint_every=3, **extra)
+    report = pipe.fit(TRAIN, val=VAL, config=config, out_dir=tmp_path / "run", progress=False)
+    trainable, total = count_parameters(gen.model)
+    assert 0 < trainable <= total and (trainable == total) == (method == "full")
+    answer = pipe.ask("What is the code for item 3?").text
+    assert report.steps == 3 and report.val_losses[-1][1] == report.val_losses[-1][1]  # finite, not NaN
+    pipe.save(tmp_path / "p")
+    assert Pipeline.load(tmp_path / "p").ask("What is the code for item 3?").text == answer
+
+
+def test_fresh_bottleneck_adapters_leave_outputs_unchanged(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from layered.tuning.methods import apply_method
+
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        after = apply_method(base, TuneConfig(method="bottleneck", bottleneck=8))(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-6)
+    assert all(("adapter" in n) == p.requires_grad for n, p in base.named_parameters())

@@ -19,11 +19,12 @@ def apply_method(model: Any, config: TuneConfig) -> Any:
     """
     import torch
 
-    from layered.tuning.methods import full, ia3, lora, prefix, selective
+    from layered.tuning.methods import bottleneck, full, ia3, lora, prefix, selective
 
     torch.manual_seed(config.seed)
     table: dict[str, Callable[[Any, TuneConfig], Any]] = {
-        "lora": lora.apply, "ia3": ia3.apply, "prefix": prefix.apply, "selective": selective.apply, "full": full.apply,
+        "lora": lora.apply, "ia3": ia3.apply, "prefix": prefix.apply, "bottleneck": bottleneck.apply,
+        "selective": selective.apply, "full": full.apply,
     }
     if config.method not in table:
         raise ConfigError(f"unknown method {config.method!r} (known: {', '.join(table)})")

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import layered
 from layered.errors import LayeredError
@@ -152,8 +152,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
 RESERVED_VARS = frozenset({"question", "context", "k", "filters", "user", "embedder", "shots"})
 
 
-def _parse_vars(pairs: Sequence[str]) -> dict[str, str]:
-    out = {}
+def _parse_vars(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.isidentifier():

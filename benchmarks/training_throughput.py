@@ -12,7 +12,9 @@ layered fp32 (length-bucketed batches) and layered with bf16 autocast.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 from layered import Pipeline
 from layered.generation.transformers_generator import TransformersGenerator
@@ -27,10 +29,23 @@ DATA = "examples/data/bitext_support_sample.csv"
 PROMPT = ChatPromptTemplate(system="You are a friendly customer-support agent for an online shop.", abstain=False)
 
 
+BASE = Path(tempfile.gettempdir()) / "layered-bench"
+_WEIGHTS: dict = {}
+
+
 def fresh_model():  # type: ignore[no-untyped-def]
-    gen = TransformersGenerator(max_new_tokens=8)
-    gen.warm_up()
-    return gen
+    """A fresh fp32 copy of the base model without the GGUF quantization tag (the Trainer
+    refuses tagged models even though transformers has dequantised their weights)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(_WEIGHTS["config"])
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(_WEIGHTS["state"])
+    return model
 
 
 def baseline(model, feats, config: TuneConfig, pad_id: int, out: str) -> float:  # type: ignore[no-untyped-def]
@@ -56,7 +71,7 @@ def baseline(model, feats, config: TuneConfig, pad_id: int, out: str) -> float: 
 
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=config.batch_size, max_steps=config.max_steps, learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio, lr_scheduler_type="linear", logging_steps=1000, save_strategy="no", report_to=[],
+        warmup_steps=int(config.warmup_ratio * config.max_steps), lr_scheduler_type="linear", logging_steps=1000, save_strategy="no", report_to=[],
         use_cpu=True, seed=config.seed, dataloader_num_workers=0, disable_tqdm=True, max_grad_norm=config.max_grad_norm,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate)
@@ -72,7 +87,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=96)
     args = ap.parse_args()
     examples = load_examples(DATA)[: args.examples]
-    gen = fresh_model()
+    gen = TransformersGenerator(max_new_tokens=8)
+    _WEIGHTS.update(config=gen.model.config, state={k: v.clone() for k, v in gen.model.state_dict().items()})
     pipe = Pipeline(generator=gen, prompt=PROMPT)
     feats = [format_example(pipe, e) for e in examples]
     pad_id = gen.tokenizer.pad_token_id if gen.tokenizer.pad_token_id is not None else gen.tokenizer.eos_token_id
@@ -83,12 +99,12 @@ def main() -> None:
     steps_per_epoch = -(-len(feats) // args.batch)
     tokens = real_tokens_per_epoch * args.steps / steps_per_epoch
     rows = []
-    t = baseline(apply_method(gen.model, config), feats, config, pad_id, "/tmp/layered-bench-trainer")  # noqa: S108
+    t = baseline(apply_method(fresh_model(), config), feats, config, pad_id, str(BASE / "trainer"))
     rows.append(("transformers Trainer + PEFT LoRA (fp32)", tokens / t))
     for precision in ("float32", "bfloat16"):
-        model = apply_method(fresh_model().model, config)
+        model = apply_method(fresh_model(), config)
         cfg = config.model_copy(update={"precision": precision})
-        report = train(model, feats, feats[:8], cfg, out_dir=f"/tmp/layered-bench-{precision}", pad_id=pad_id, progress=False)  # noqa: S108
+        report = train(model, feats, feats[:8], cfg, out_dir=BASE / precision, pad_id=pad_id, progress=False)
         loss = evaluate_loss(model, feats[:32], pad_id=pad_id)
         rows.append((f"layered ({precision}, length-bucketed)", report.tokens_per_second, loss))
     print(f"{len(feats)} examples, {args.steps} steps of batch {args.batch}\n")

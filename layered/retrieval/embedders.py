@@ -105,9 +105,9 @@ class SentenceTransformerEmbedder:
             return self.precision == "bfloat16"
         if (self.device or "cpu") != "cpu":
             return False
-        import torch
+        from layered.hardware import cpu_supports_bf16
 
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cpu_supports_bf16()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

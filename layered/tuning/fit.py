@@ -11,7 +11,7 @@ from layered.tuning.config import TuneConfig
 from layered.tuning.data import EmptyDatasetError, split
 from layered.tuning.formatting import Features, format_example
 from layered.tuning.methods import count_parameters
-from layered.tuning.trainer import TrainReport, evaluate_loss, train
+from layered.tuning.trainer import TrainReport, evaluate_loss, train, uses_bf16
 from layered.types import Example
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def fit_pipeline(
     model = generator.attach_adapter(config)
     trainable, total = count_parameters(model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", config.method, trainable, total, 100 * trainable / total)
-    before = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size)
+    before = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size, bf16=uses_bf16(config))
     report = train(model, train_set, val_set, config, out_dir=out_dir, pad_id=pad_id, resume=resume, progress=progress)
     model.eval()
     report.val_losses.insert(0, (0, before))

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from layered.artifacts import atomic_write_bytes
 from layered.errors import InputError
+from layered.hardware import cpu_supports_bf16
 from layered.tuning.checkpoints import complete_checkpoints, load_checkpoint, save_checkpoint
 from layered.tuning.config import TuneConfig
 from layered.tuning.formatting import IGNORE, Features
@@ -39,6 +40,11 @@ class TrainReport:
     tokens_per_second: float = 0.0
     seconds: float = 0.0
     output_dir: str = ""
+
+
+def uses_bf16(config: TuneConfig) -> bool:
+    """Whether training and validation run under bf16 autocast for this config."""
+    return config.precision == "bfloat16" or (config.precision == "auto" and cpu_supports_bf16())
 
 
 def bucketed_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
@@ -153,7 +159,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    bf16 = config.precision == "bfloat16"
+    bf16 = uses_bf16(config)
     lengths = [len(f.input_ids) for f in train_set]
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))

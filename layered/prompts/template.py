@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from layered.errors import ConfigError, InputError, SourceNotFoundError
 from layered.prompts.fewshot import select_examples
 from layered.prompts.grounding import format_context
 from layered.prompts.reasoning import INSTRUCTION as REASONING_INSTRUCTION
+from layered.strict import StrictModel
 from layered.types import Hit, Message, Prompt
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -86,7 +87,7 @@ class FewShotExample(BaseModel):
     answer: str
 
 
-class ChatPromptTemplate(BaseModel):
+class ChatPromptTemplate(StrictModel):
     """A chat prompt built from composable techniques, all of them plain data.
 
     * ``system``: the role/persona; ``audiences`` maps an audience name to an extra
@@ -108,6 +109,7 @@ class ChatPromptTemplate(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    label: ClassVar[str] = "prompt config"
 
     kind: str = "chat"
     system: str = DEFAULT_SYSTEM
@@ -123,14 +125,6 @@ class ChatPromptTemplate(BaseModel):
     few_shot: Literal["fixed", "semantic", "mmr"] = "fixed"
     shots: int = Field(default=2, ge=0)
     mmr_lambda: float = Field(default=0.5, ge=0.0, le=1.0)
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err.get("loc", ())) or "template"
-            raise ConfigError(f"invalid prompt config: {where}: {err['msg']}") from None
 
     def model_post_init(self, __context: Any) -> None:
         texts = [self.system, self.user, self.user_without_context, *self.constraints, *self.audiences.values()]

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from layered.errors import ConfigError
+from layered.strict import StrictModel
 
 Method = Literal["lora", "ia3", "prefix", "bottleneck", "selective", "full"]
 
 
-class TuneConfig(BaseModel):
+class TuneConfig(StrictModel):
     """Method hyper-parameters and the training schedule (unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid")
+    label: ClassVar[str] = "tuning config"
 
     method: Method = "lora"
     # LoRA / DoRA
@@ -46,14 +46,6 @@ class TuneConfig(BaseModel):
     checkpoint_every: int = Field(default=20, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
     seed: int = 0
-
-    def __init__(self, **data: object) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err.get("loc", ())) or "config"
-            raise ConfigError(f"invalid tuning config: {where}: {err['msg']}") from None
 
     @model_validator(mode="after")
     def _method_fits(self) -> "TuneConfig":

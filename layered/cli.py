@@ -261,7 +261,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     losses = ", ".join(f"step {s}: {v:.3f}" for s, v in fit.val_losses)
     log.info("validation loss per answer token: %s", losses)
     log.info("%d steps in %.0fs (%.0f tokens/s); metrics and loss curve in %s", fit.steps, fit.seconds, fit.tokens_per_second, run_dir)
-    log.info("tuned pipeline (adapter in generator/adapter.safetensors) saved to %s", path)
+    log.info("tuned pipeline (adapter in generator/adapters/) saved to %s", path)
     print(path)
     return 0
 

@@ -2,8 +2,9 @@
 
 A pipeline has three named slots, each a plain object satisfying a role protocol:
 ``prompt`` (a :class:`~layered.protocols.PromptTemplate`), ``retriever`` (optional; any
-object with ``retrieve(query, *, k, filters)``) and ``generator``. Heavy models load on
-first use or :meth:`Pipeline.warm_up`, never at construction.
+object with ``retrieve(query, *, k, filters)``) and ``generator``; plus an optional
+``router`` that picks the generator's adapter per question. Heavy models load on first use
+or :meth:`Pipeline.warm_up`, never at construction.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from layered.prompts.grounding import attribute_by_overlap, parse_citations, to_
 from layered.prompts.injection import injection_suspects
 from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
-from layered.protocols import Filters, Generator, PromptTemplate, Retriever
+from layered.protocols import Filters, Generator, PromptTemplate, Retriever, Router
 from layered.retrieval.filters import User, matches, with_access
 from layered.types import Answer, Document, Hit, Prompt
 
@@ -47,14 +48,21 @@ class Pipeline:
         prompt: PromptTemplate | None = None,
         k: int = 4,
         metadata: dict[str, Any] | None = None,
+        router: Router | None = None,
     ) -> None:
-        """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes)."""
+        """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes).
+
+        ``router`` chooses the adapter for questions whose request names none.
+        """
         if not isinstance(generator, Generator):
             raise ConfigError(f"generator must have generate(prompt) and stream(prompt); got {type(generator).__name__}")
         if retriever is not None and not isinstance(retriever, Retriever):
             raise ConfigError(f"retriever must have retrieve(query, *, k, filters); got {type(retriever).__name__}")
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        if router is not None and not isinstance(router, Router):
+            raise ConfigError(f"router must have route(question); got {type(router).__name__}")
+        self.router = router
         self.generator = generator
         self.retriever = retriever
         self.prompt = prompt if prompt is not None else ChatPromptTemplate()
@@ -187,20 +195,47 @@ class Pipeline:
             )
         return prompt
 
+    def route(self, question: str, adapter: str | None = None) -> str | None:
+        """The adapter a request gets: the one it names, else the router's pick, else None (the default)."""
+        if adapter is not None:
+            return adapter
+        return self.router.route(question) if self.router is not None else None
+
+    def _adapter_kwargs(self, question: str, adapter: str | None) -> dict[str, Any]:
+        name = self.route(question, adapter)
+        if name is None:
+            return {}
+        if "adapter" not in inspect.signature(self.generator.generate).parameters:
+            raise ConfigError(f"adapter {name!r} was asked for, but the {type(self.generator).__name__} generator serves no adapters")
+        return {"adapter": name}
+
     def ask(
-        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None, **variables: Any,
+        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+        adapter: str | None = None, **variables: Any,
     ) -> Answer:
-        """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt."""
+        """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt.
+
+        ``adapter`` names the generator adapter to answer with (``"base"``: none); without
+        it the router decides, else the generator's default adapter answers.
+        """
+        _check_question(question)
+        chosen = self._adapter_kwargs(question, adapter)
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
-        generation = self.generator.generate(prompt)
-        return _answer(generation.text, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)))
+        generation = self.generator.generate(prompt, **chosen)
+        return _answer(
+            generation.text, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
+            adapter=chosen.get("adapter", getattr(self.generator, "default_adapter", None)),
+        )
 
     def stream(
-        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None, **variables: Any,
+        self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+        adapter: str | None = None, **variables: Any,
     ) -> Iterator[str]:
-        """Yield the answer text in pieces as it is generated (same prompt as :meth:`ask`)."""
+        """Yield the answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`)."""
+        _check_question(question)
+        chosen = self._adapter_kwargs(question, adapter)
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
-        pieces = self.generator.stream(prompt)
+        pieces = self.generator.stream(prompt, **chosen)
         yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
 
     # -- tuning ------------------------------------------------------------------------------
@@ -217,11 +252,33 @@ class Pipeline:
 
         return fit_pipeline(self, train, val=val, config=config, **options)
 
+    def add_adapter(self, name: str, source: str | Path, *, default: bool = False) -> None:
+        """Serve the adapter of the saved, tuned pipeline in ``source`` as ``name`` on this pipeline's base.
+
+        The source's manifest is checked and its base model must be this generator's.
+        ``default=True`` makes it answer requests that name no adapter (and match no route).
+        """
+        from layered.generation.transformers_generator import adapter_file
+
+        source = Path(source)
+        verify_manifest(source)
+        theirs = read_json(source / CONFIG_FILE).get("generator") or {}
+        ours = getattr(self.generator, "model_name", None)
+        if not hasattr(self.generator, "add_adapter"):
+            raise ConfigError(f"the {type(self.generator).__name__} generator serves no adapters")
+        if theirs.get("model") != ours:
+            raise ConfigError(f"{source} was tuned on {theirs.get('model')!r}, but this pipeline serves {ours!r}")
+        saved = theirs.get("adapters") or {}
+        if len(saved) != 1:
+            raise ConfigError(f"{source} holds {len(saved)} adapters; add_adapter takes a pipeline tuned with exactly one")
+        (theirs_name, config), = saved.items()
+        self.generator.add_adapter(name, config, adapter_file(source, theirs_name), default=default)
+
     # -- persistence -------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this pipeline, as JSON-ready data."""
-        parts = {"generator": self.generator, "prompt": self.prompt, "retriever": self.retriever}
+        parts = {"generator": self.generator, "prompt": self.prompt, "retriever": self.retriever, "router": self.router}
         cfg: dict[str, Any] = {
             "format": FORMAT_VERSION, "layered_version": layered.__version__, "k": self.k, "metadata": self.metadata,
         }
@@ -266,10 +323,10 @@ class Pipeline:
         if cfg.get("layered_version") != layered.__version__:
             log.warning("%s was saved by layered %s; this is %s", folder, cfg.get("layered_version"), layered.__version__)
         parts: dict[str, Any] = {}
-        for name in ("generator", "prompt", "retriever"):
+        for name in ("generator", "prompt", "retriever", "router"):
             if name in overrides:
                 parts[name] = overrides[name]
-            elif cfg.get(name) is None:
+            elif cfg.get(name) is None:  # an absent or empty slot
                 parts[name] = None
             else:
                 cls_ = registry.lookup(name, cfg[name]["kind"])
@@ -277,7 +334,7 @@ class Pipeline:
                 parts[name] = cls_.load(folder, cfg[name]) if hasattr(cls_, "load") else cls_.from_config(cfg[name])
         return cls(
             generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
-            k=int(cfg["k"]), metadata=cfg.get("metadata") or {},
+            k=int(cfg["k"]), metadata=cfg.get("metadata") or {}, router=parts["router"],
         )
 
 
@@ -288,8 +345,8 @@ def _check_question(question: Any) -> None:
         raise InputError("the question is empty; ask something")
 
 
-def _answer(text: str, prompt: Prompt, generation: Any, *, reasoning: bool = False) -> Answer:
-    metadata: dict[str, Any] = {"citation_mode": "model"}
+def _answer(text: str, prompt: Prompt, generation: Any, *, reasoning: bool = False, adapter: str | None = None) -> Answer:
+    metadata: dict[str, Any] = {"citation_mode": "model", "adapter": adapter}
     if reasoning:
         metadata["reasoning"], text = split_reasoning(text)
     citations, invalid = parse_citations(text, prompt.context)

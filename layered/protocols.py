@@ -79,3 +79,10 @@ class Generator(Protocol):
     def generate(self, prompt: Prompt) -> Generation: ...
 
     def stream(self, prompt: Prompt) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Picks the adapter that should answer a question (``None``: the generator's default)."""
+
+    def route(self, question: str) -> str | None: ...

@@ -36,6 +36,10 @@ _TABLE: dict[str, dict[str, str]] = {
     "prompt": {
         "chat": "layered.prompts.template:ChatPromptTemplate",
     },
+    "router": {
+        "keywords": "layered.routing:KeywordRouter",
+        "embedding": "layered.routing:EmbeddingRouter",
+    },
 }
 
 

@@ -18,7 +18,7 @@ from layered.errors import ConfigError, ContextOverflowError, ModelNotAvailableE
 from layered.types import Generation, Message, Prompt
 
 
-ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_DIR = "adapters"
 
 
 def _chat(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -62,10 +62,12 @@ class TransformersGenerator:
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
-        #: The tuning config of the attached adapter (None: the base model), and where its
-        #: saved weights are (set by :meth:`load`; applied when the model loads).
-        self.adapter: dict[str, Any] | None = None
-        self._adapter_file: Path | None = None
+        #: Installed adapters: name -> tuning config (a TuneConfig dump), in install order.
+        self.adapters: dict[str, dict[str, Any]] = {}
+        #: The adapter that answers requests naming none (None: the base model).
+        self.default_adapter: str | None = None
+        #: Saved adapter weights to install when the model loads (set by :meth:`load`).
+        self._pending: dict[str, Path] = {}
         self.merged = False
 
     @classmethod
@@ -98,64 +100,101 @@ class TransformersGenerator:
                     raise ModelNotAvailableError(f"could not load the generator from {path}: {first}") from e
                 self._tokenizer = tokenizer
                 self._model = model.to(self.device or "cpu").eval()
-                if self.adapter is not None and self._adapter_file is not None:
-                    self._restore_adapter()
+                pending, self._pending = self._pending, {}
+                installed: dict[str, dict[str, Any]] = {}
+                for name, file in pending.items():
+                    self._install(name, self.adapters[name], file, installed)
+                    installed[name] = self.adapters[name]
             return self._model, self._tokenizer
 
     # -- adapters ----------------------------------------------------------------------------
 
-    def attach_adapter(self, config: Any) -> Any:
+    def attach_adapter(self, config: Any, name: str = "default") -> Any:
         """Make the model trainable with ``config`` (a TuneConfig); returns the model to train.
 
-        The generator serves the adapted model from then on (train what you serve).
+        The new adapter becomes the default one: the generator serves the adapted model from
+        then on (train what you serve).
         """
-        from layered.tuning.methods import apply_method
+        from layered.generation import adapters
 
         with self._lock:
-            model = apply_method(self._load()[0], config)
-            self._model = model
-            self.adapter = config.model_dump()
-            return model
+            model = self._load()[0]
+            self._model = adapters.install(model, name, config, self.adapters)
+            self.adapters[name] = config.model_dump()
+            self.default_adapter = name
+            return self._model
+
+    def add_adapter(self, name: str, config: Mapping[str, Any], weights_file: Path, *, default: bool = False) -> None:
+        """Install saved adapter weights under ``name`` beside the ones already here.
+
+        ``default=True`` also makes it answer requests that name no adapter.
+        """
+        from layered.generation import adapters
+        from layered.tuning.config import TuneConfig
+
+        adapters.check_can_add(name, str(config.get("method", "lora")), self.adapters)
+        if not Path(weights_file).is_file():
+            raise ConfigError(f"adapter weights {weights_file} are missing")
+        TuneConfig(**config)  # a clear error for a bad config before touching the model
+        with self._lock:
+            if self._model is None:
+                self._pending[name] = Path(weights_file)
+                self.adapters[name] = dict(config)
+            else:
+                self._install(name, dict(config), Path(weights_file), dict(self.adapters))
+            if default:
+                self.default_adapter = name
+
+    def _install(self, name: str, config: dict[str, Any], weights_file: Path, others: Mapping[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        from layered.generation import adapters
+        from layered.tuning.config import TuneConfig
+
+        model = adapters.install(self._model, name, TuneConfig(**config), others)
+        adapters.load_weights(model, name, load_file(str(weights_file)))
+        self._model = model.eval()
+        self.adapters[name] = config
 
     def merge_adapter(self) -> None:
-        """Fold a LoRA adapter into the base weights (W + scale * B A): zero added latency.
+        """Fold the LoRA adapter into the base weights (W + scale * B A): zero added latency.
 
-        The generator keeps serving the same function; it can no longer be trained further
-        or saved as a separate adapter (save the merged model's folder instead).
+        Needs exactly one adapter, a LoRA one. The generator keeps serving the same function;
+        it can no longer be trained further or saved as a separate adapter.
         """
         with self._lock:
             model = self._load()[0]
-            if self.adapter is None or self.adapter.get("method") != "lora":
-                raise ConfigError("only a LoRA adapter can be merged; this generator has " + str((self.adapter or {}).get("method")))
+            methods = [c.get("method") for c in self.adapters.values()]
+            if methods != ["lora"]:
+                raise ConfigError(f"merging needs exactly one LoRA adapter; this generator has {methods or 'none'}")
             self._model = model.merge_and_unload().eval()
-            self.adapter = None
+            self.adapters, self.default_adapter = {}, None
             self.merged = True
 
-    def adapter_weights(self) -> dict[str, Any]:
-        """The adapter's tensors by parameter name (empty without an adapter)."""
-        if self.adapter is None:
+    def adapter_weights(self, name: str | None = None) -> dict[str, Any]:
+        """The tensors of adapter ``name`` (default: the default adapter), keyed without its name."""
+        from layered.generation import adapters
+
+        name = name or self.default_adapter
+        if name is None or name not in self.adapters:
             return {}
-        return {n: p.detach().contiguous() for n, p in self._load()[0].named_parameters() if p.requires_grad}
+        return adapters.weights(self._load()[0], name)
 
-    def _restore_adapter(self) -> None:
-        from safetensors.torch import load_file
+    def _resolve(self, adapter: str | None) -> str | None:
+        """The installed adapter a request asking for ``adapter`` gets (None: the base model)."""
+        from layered.generation.adapters import BASE
+        from layered.tuning.methods import PEFT_METHODS
 
-        from layered.tuning.config import TuneConfig
-        from layered.tuning.methods import apply_method
-
-        assert self.adapter is not None and self._adapter_file is not None
-        model = apply_method(self._model, TuneConfig(**self.adapter))
-        weights = load_file(str(self._adapter_file))
-        params = dict(model.named_parameters())
-        missing = sorted(set(weights) ^ {n for n, p in params.items() if p.requires_grad})
-        if missing:
-            raise ConfigError(f"the saved adapter does not fit this model (first mismatch: {missing[0]})")
-        import torch
-
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
-        self._model = model.eval()
+        if adapter is None:
+            return self.default_adapter
+        if adapter == BASE:
+            if any(c.get("method") not in PEFT_METHODS for c in self.adapters.values()):
+                raise ConfigError("this generator's adapter changed the model's own weights; the base model is not available beside it")
+            return None
+        if adapter not in self.adapters:
+            known = ", ".join([BASE, *self.adapters])
+            raise ConfigError(f"no adapter named {adapter!r} (known: {known})")
+        return adapter
 
     def warm_up(self) -> None:
         self._load()
@@ -214,8 +253,11 @@ class TransformersGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def generate(self, prompt: Prompt) -> Generation:
+    def generate(self, prompt: Prompt, *, adapter: str | None = None) -> Generation:
+        """Generate with ``adapter`` (None: the default adapter; ``"base"``: no adapter)."""
         import torch
+
+        from layered.generation.adapters import serving
 
         with self._lock:
             model, tok = self._load()
@@ -223,7 +265,7 @@ class TransformersGenerator:
             n_prompt = int(inputs["input_ids"].shape[-1])
             if self.temperature > 0:
                 torch.manual_seed(self.seed)
-            with torch.inference_mode():
+            with serving(model, self._resolve(adapter)), torch.inference_mode():
                 out = model.generate(**inputs, **self._generate_kwargs())
             new = out[0, n_prompt:]
             text = tok.decode(new, skip_special_tokens=True).strip()
@@ -231,13 +273,16 @@ class TransformersGenerator:
             finish: Literal["stop", "length"] = "length" if len(new) >= self.max_new_tokens and not ended else "stop"
             return Generation(text=text, prompt_tokens=n_prompt, completion_tokens=int(len(new)), finish_reason=finish)
 
-    def stream(self, prompt: Prompt) -> Iterator[str]:
+    def stream(self, prompt: Prompt, *, adapter: str | None = None) -> Iterator[str]:
         """Yield the answer in text pieces as they are generated (same text as ``generate``)."""
         import torch
         from transformers import TextIteratorStreamer
 
+        from layered.generation.adapters import serving
+
         with self._lock:
             model, tok = self._load()
+            selected = serving(model, self._resolve(adapter))
             inputs = self._inputs(prompt)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
             # Built here: the worker thread must not touch self._lock, which this thread holds.
@@ -252,15 +297,18 @@ class TransformersGenerator:
                     errors.append(e)
                     streamer.end()
 
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            first = True
-            for piece in streamer:
-                if first:
-                    piece, first = piece.lstrip(), not piece.strip()
-                if piece:
-                    yield piece
-            thread.join()
+            with selected:
+                thread = threading.Thread(target=run, daemon=True)
+                thread.start()
+                first = True
+                try:
+                    for piece in streamer:
+                        if first:
+                            piece, first = piece.lstrip(), not piece.strip()
+                        if piece:
+                            yield piece
+                finally:
+                    thread.join()
             if errors:
                 raise errors[0]
 
@@ -278,18 +326,25 @@ class TransformersGenerator:
         }
         if self.model_name in models.PACKAGED:
             cfg["package_version"] = models.PACKAGED[self.model_name].version()
-        if self.adapter is not None:
-            cfg["adapter"] = self.adapter
+        if self.adapters:
+            cfg["adapters"], cfg["default_adapter"] = self.adapters, self.default_adapter
         return cfg
 
     def save(self, folder: Path) -> None:
-        """Write the adapter's weights (safetensors) into ``folder/generator``; the base model is not copied."""
-        if self.adapter is None:
+        """Write each adapter's weights (safetensors) into ``folder/generator/adapters``; the base model is not copied."""
+        if not self.adapters:
             return
+        import shutil
+
         from safetensors.torch import save_file
 
-        (folder / "generator").mkdir(parents=True, exist_ok=True)
-        save_file(self.adapter_weights(), str(folder / "generator" / ADAPTER_FILE))
+        target = folder / "generator" / ADAPTER_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        for name in self.adapters:
+            if name in self._pending:  # never loaded: the saved file is still exact
+                shutil.copyfile(self._pending[name], target / f"{name}.safetensors")
+            else:
+                save_file(self.adapter_weights(name), str(target / f"{name}.safetensors"))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TransformersGenerator":
@@ -298,11 +353,14 @@ class TransformersGenerator:
 
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "TransformersGenerator":
-        """Rebuild from ``config``; a saved adapter is applied when the model first loads."""
+        """Rebuild from ``config``; saved adapters are installed when the model first loads."""
         gen = cls.from_config(config)
-        if config.get("adapter") is not None:
-            gen.adapter = dict(config["adapter"])
-            gen._adapter_file = folder / "generator" / ADAPTER_FILE
-            if not gen._adapter_file.is_file():
-                raise ConfigError(f"{gen._adapter_file} is missing: the pipeline was saved with an adapter")
+        for name, adapter_config in (config.get("adapters") or {}).items():
+            gen.add_adapter(name, adapter_config, adapter_file(folder, name))
+        gen.default_adapter = config.get("default_adapter")
         return gen
+
+
+def adapter_file(folder: Path, name: str) -> Path:
+    """Where a saved pipeline in ``folder`` keeps adapter ``name``'s weights."""
+    return Path(folder) / "generator" / ADAPTER_DIR / f"{name}.safetensors"

@@ -53,7 +53,7 @@ def fit_pipeline(
     generator = pipeline.generator
     if not hasattr(generator, "attach_adapter"):
         raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned; use the transformers generator")
-    if generator.adapter is not None:
+    if generator.adapters:
         raise ConfigError("this generator already carries an adapter; load the base pipeline to train another")
     if not train_examples:
         raise EmptyDatasetError("no training examples")

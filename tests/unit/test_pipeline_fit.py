@@ -21,9 +21,9 @@ def test_fit_lowers_validation_loss_and_the_adapter_survives_save_load(tiny_gene
     assert report.steps == 30 and report.val_losses[-1][1] < report.val_losses[0][1] - 0.2
     before_save = pipe.ask("What is the code for item 40?").text
     pipe.save(tmp_path / "tuned")
-    assert (tmp_path / "tuned" / "generator" / "adapter.safetensors").is_file()
+    assert (tmp_path / "tuned" / "generator" / "adapters" / "default.safetensors").is_file()
     loaded = Pipeline.load(tmp_path / "tuned")
-    assert loaded.generator.adapter["method"] == "lora"
+    assert loaded.generator.adapters["default"]["method"] == "lora"
     assert loaded.ask("What is the code for item 40?").text == before_save
     with pytest.raises(ConfigError, match="already carries an adapter"):
         loaded.fit(TRAIN, val=VAL, config=config, out_dir=tmp_path / "again", progress=False)
@@ -39,7 +39,7 @@ def test_bad_input_is_refused_before_training(tiny_generator, tmp_path):
         pipe.fit(TRAIN[:1], out_dir=tmp_path)
     with pytest.raises(ContextOverflowError, match="1 training example"):
         pipe.fit([*TRAIN, Example(question="long?", answer="word " * 3000)], val=VAL, out_dir=tmp_path)
-    assert tiny_generator.adapter is None  # nothing was attached or trained
+    assert tiny_generator.adapters == {}  # nothing was attached or trained
 
 
 def test_merged_lora_matches_unmerged_outputs_and_logits(tiny_model_dir, tmp_path):
@@ -78,7 +78,7 @@ def test_tune_cli_trains_and_saves_the_adapter(tiny_generator, tmp_path, capsys)
     (tmp_path / "tune.toml").write_text('data = "pairs.jsonl"\nrank = 4\nmax_steps = 4\nbatch_size = 8\n', encoding="utf-8")
     code = main(["-q", "tune", str(tmp_path / "tune.toml"), "--pipeline", str(tmp_path / "base"), "--out", str(tmp_path / "tuned")])
     assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "tuned")
-    assert Pipeline.load(tmp_path / "tuned").generator.adapter["rank"] == 4
+    assert Pipeline.load(tmp_path / "tuned").generator.adapters["default"]["rank"] == 4
     assert (tmp_path / "tuned.run" / "loss.png").is_file() and (tmp_path / "tuned.run" / "metrics.jsonl").is_file()
     assert main(["-q", "tune", str(tmp_path / "missing.csv"), "--pipeline", str(tmp_path / "base")]) == 1
 
@@ -98,7 +98,10 @@ def test_every_method_trains_serves_and_round_trips(tiny_model_dir, tmp_path, me
     answer = pipe.ask("What is the code for item 3?").text
     assert report.steps == 3 and report.val_losses[-1][1] == report.val_losses[-1][1]  # finite, not NaN
     pipe.save(tmp_path / "p")
-    assert Pipeline.load(tmp_path / "p").ask("What is the code for item 3?").text == answer
+    loaded = Pipeline.load(tmp_path / "p")
+    assert loaded.ask("What is the code for item 3?").text == answer
+    loaded.save(tmp_path / "again")  # a loaded adapter saves the same weights again
+    assert Pipeline.load(tmp_path / "again").ask("What is the code for item 3?").text == answer
 
 
 def test_fresh_bottleneck_adapters_leave_outputs_unchanged(tiny_model_dir):

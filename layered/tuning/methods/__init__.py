@@ -12,10 +12,16 @@ from layered.errors import ConfigError
 from layered.tuning.config import TuneConfig
 
 
-def apply_method(model: Any, config: TuneConfig) -> Any:
+#: Methods implemented with PEFT: they wrap the model and keep the base weights intact, so the
+#: base model stays reachable (and, for LoRA, several adapters can share one base).
+PEFT_METHODS = frozenset({"lora", "ia3", "prefix"})
+
+
+def apply_method(model: Any, config: TuneConfig, name: str = "default") -> Any:
     """Return the model prepared for ``config.method`` (PEFT-wrapped or with params frozen).
 
-    Seeds torch with ``config.seed`` first, so new adapter weights are the same every run.
+    ``name`` is the PEFT adapter name (other methods change the model itself and have no
+    name). Seeds torch with ``config.seed`` first, so new adapter weights are the same every run.
     """
     import torch
 
@@ -28,6 +34,8 @@ def apply_method(model: Any, config: TuneConfig) -> Any:
     }
     if config.method not in table:
         raise ConfigError(f"unknown method {config.method!r} (known: {', '.join(table)})")
+    if config.method in PEFT_METHODS:
+        return table[config.method](model, config, name)  # type: ignore[call-arg]
     return table[config.method](model, config)
 
 

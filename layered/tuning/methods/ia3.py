@@ -7,8 +7,8 @@ from typing import Any
 from layered.tuning.config import TuneConfig
 
 
-def apply(model: Any, config: TuneConfig) -> Any:
+def apply(model: Any, config: TuneConfig, name: str = "default") -> Any:
     from peft import IA3Config, get_peft_model
 
     peft_config = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_config)
+    return get_peft_model(model, peft_config, adapter_name=name)

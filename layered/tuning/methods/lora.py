@@ -7,11 +7,17 @@ from typing import Any
 from layered.tuning.config import TuneConfig
 
 
-def apply(model: Any, config: TuneConfig) -> Any:
-    from peft import LoraConfig, get_peft_model
+def peft_config(config: TuneConfig) -> Any:
+    """The PEFT ``LoraConfig`` for ``config``."""
+    from peft import LoraConfig
 
-    peft_config = LoraConfig(
+    return LoraConfig(
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
         target_modules=list(config.target_modules), use_dora=config.dora, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)
+
+
+def apply(model: Any, config: TuneConfig, name: str = "default") -> Any:
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(config), adapter_name=name)

@@ -7,7 +7,7 @@ from typing import Any
 from layered.tuning.config import TuneConfig
 
 
-def apply(model: Any, config: TuneConfig) -> Any:
+def apply(model: Any, config: TuneConfig, name: str = "default") -> Any:
     from peft import PrefixTuningConfig, get_peft_model
 
-    return get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=config.virtual_tokens, task_type="CAUSAL_LM"))
+    return get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=config.virtual_tokens, task_type="CAUSAL_LM"), adapter_name=name)

@@ -55,6 +55,7 @@ def main() -> None:
     f1_1, rl_1, after = scores(pipe, test)
     print(f"\ntraining: {fit.steps} steps in {seconds:.0f}s, {fit.tokens_per_second:.0f} tokens/s")
     print("validation loss per answer token: " + ", ".join(f"step {s}: {v:.3f}" for s, v in fit.val_losses))
+    print(fit.forgetting)
     print(f"\n| | token F1 | ROUGE-L |\n|---|---|---|\n| base | {f1_0:.3f} | {rl_0:.3f} |\n| LoRA | {f1_1:.3f} | {rl_1:.3f} |")
     for e, a, b in list(zip(test, before, after))[:2]:
         print(f"\nQ: {e.question}\nreference: {e.answer[:300]}\nbase: {a[:300]}\nLoRA: {b[:300]}")

@@ -42,12 +42,15 @@ def fit_pipeline(
     resume: bool = False,
     distractors: int = 0,
     progress: bool = True,
+    check_forgetting: bool = True,
 ) -> TrainReport:
     """Format, check, attach the method's adapter and train; see :meth:`layered.Pipeline.fit`.
 
     Every input problem (no examples, an empty validation split, an example longer than the
     window) is raised before the model is touched. Without ``val``, 10% of the training
-    examples (whole near-duplicate groups) are held out for validation.
+    examples (whole near-duplicate groups) are held out for validation. With
+    ``check_forgetting``, the report's ``forgetting`` holds the perplexity of the base and
+    the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
     """
     config = config or TuneConfig()
     generator = pipeline.generator
@@ -69,6 +72,10 @@ def fit_pipeline(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise InputError("the tokenizer has neither a pad nor an end-of-sequence token")
+    if check_forgetting:
+        from layered.evaluation.perplexity import general_text, perplexity
+
+        base_ppl = perplexity(generator.model, tokenizer, general_text())
     model = generator.attach_adapter(config)
     trainable, total = count_parameters(model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", config.method, trainable, total, 100 * trainable / total)
@@ -76,4 +83,9 @@ def fit_pipeline(
     report = train(model, train_set, val_set, config, out_dir=out_dir, pad_id=pad_id, resume=resume, progress=progress)
     model.eval()
     report.val_losses.insert(0, (0, before))
+    if check_forgetting:
+        from layered.evaluation.perplexity import ForgettingReport
+
+        report.forgetting = ForgettingReport(base=base_ppl, tuned=perplexity(model, tokenizer, general_text()))
+        log.info("%s", report.forgetting)
     return report

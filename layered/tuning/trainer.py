@@ -40,6 +40,8 @@ class TrainReport:
     tokens_per_second: float = 0.0
     seconds: float = 0.0
     output_dir: str = ""
+    #: Perplexity on general text, base vs tuned (a ForgettingReport; set by ``Pipeline.fit``).
+    forgetting: Any = None
 
 
 def uses_bf16(config: TuneConfig) -> bool:

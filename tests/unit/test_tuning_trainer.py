@@ -87,3 +87,25 @@ def test_config_errors_are_one_line():
         TuneConfig(rank=0)
     with pytest.raises(ConfigError, match="lerning_rate"):
         TuneConfig(lerning_rate=1)
+
+
+def test_bf16_autocast_keeps_the_loss_within_tolerance_of_fp32(tmp_path, tiny_model_dir, smol_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from layered.tuning import trainer
+    from layered.tuning.formatting import Features
+    from layered.tuning.methods import apply_method
+
+    rows = _dataset(smol_tokenizer, 40)
+    feats = [Features(input_ids=r[0], labels=r[1]) for r in rows]
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        config = TuneConfig(method="full", learning_rate=3e-3, max_steps=12, batch_size=4, eval_every=12, checkpoint_every=12,
+                            dropout=0.0, precision=precision)
+        model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+        before = trainer.evaluate_loss(model, feats[32:], pad_id=0)
+        report = trainer.train(model, feats[:32], feats[32:], config, out_dir=tmp_path / precision, pad_id=0, progress=False)
+        results[precision] = (before, trainer.evaluate_loss(model, feats[32:], pad_id=0), report.train_loss)
+    (b32, v32, t32), (b16, v16, t16) = results["float32"], results["bfloat16"]
+    assert b32 == b16 and v32 < b32 - 0.5  # same start, and fp32 really learned
+    assert abs(v16 - v32) / v32 < 0.02 and abs(t16 - t32) / t32 < 0.02  # bf16 ends where fp32 does (validation in fp32)

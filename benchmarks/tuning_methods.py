@@ -45,14 +45,17 @@ def ms_per_token(gen: TransformersGenerator, prompts, repeats: int = 2) -> float
     """Median milliseconds per generated token over ``prompts`` (exactly NEW_TOKENS each, greedy)."""
     import torch
 
+    def run(prompt) -> None:
+        with torch.inference_mode():
+            gen.model.generate(**gen.encode(prompt), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                               pad_token_id=gen.tokenizer.eos_token_id)
+
+    run(prompts[0])  # warm-up, untimed
     times = []
     for _ in range(repeats):
         for prompt in prompts:
-            inputs = gen.encode(prompt)
             t = time.perf_counter()
-            with torch.inference_mode():
-                gen.model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                   pad_token_id=gen.tokenizer.eos_token_id)
+            run(prompt)
             times.append((time.perf_counter() - t) * 1000 / NEW_TOKENS)
     return statistics.median(times)
 

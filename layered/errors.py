@@ -48,3 +48,7 @@ class ArtifactError(LayeredError, OSError):
 
 class IntegrityError(ArtifactError):
     """A saved file's sha256 does not match the manifest: it was changed after saving."""
+
+
+class RemoteError(LayeredError, ConnectionError):
+    """A remote model endpoint failed: unreachable after retries, an error status, or a malformed reply."""

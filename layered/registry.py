@@ -32,13 +32,15 @@ _TABLE: dict[str, dict[str, str]] = {
     },
     "generator": {
         "transformers": "layered.generation.transformers_generator:TransformersGenerator",
+        "llamacpp": "layered.generation.llamacpp_generator:LlamaCppGenerator",
+        "openai": "layered.connectors.openai:OpenAIGenerator",
     },
     "prompt": {
         "chat": "layered.prompts.template:ChatPromptTemplate",
     },
     "router": {
-        "keywords": "layered.routing:KeywordRouter",
-        "embedding": "layered.routing:EmbeddingRouter",
+        "keywords": "layered.generation.routing:KeywordRouter",
+        "embedding": "layered.generation.routing:EmbeddingRouter",
     },
 }
 

@@ -1,0 +1,1 @@
+"""HTTP serving of a saved pipeline (``layered serve``)."""

@@ -1,0 +1,101 @@
+"""OpenAI chat-completions wire format: requests in, responses and stream chunks out.
+
+Pure functions over JSON-ready dicts, so the HTTP layer stays thin and this stays testable.
+A chat request is answered by the pipeline: the last user message is the question (the
+pipeline adds its own system prompt and retrieved passages); ``model`` may name an adapter
+as ``"<served-name>:<adapter>"``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Mapping
+
+from layered.errors import InputError
+from layered.types import Answer
+
+
+def question_of(body: Mapping[str, Any]) -> str:
+    """The last user message of a chat request (a clear error when there is none)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InputError("'messages' must be a non-empty list of {role, content} objects")
+    for message in reversed(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise InputError("every message needs a 'role' and a 'content'")
+        if message["role"] == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            if not isinstance(content, str):
+                raise InputError("a user message's 'content' must be a string")
+            return content
+    raise InputError("the request has no user message")
+
+
+def adapter_of(model: Any, served: str) -> str | None:
+    """The adapter a request's ``model`` names: ``served:adapter`` -> ``adapter``; ``served`` -> None."""
+    if model is None or model == served:
+        return None
+    if isinstance(model, str) and model.startswith(served + ":") and len(model) > len(served) + 1:
+        return model[len(served) + 1:]
+    raise InputError(f"unknown model {model!r}; this server serves {served!r} (or {served}:<adapter>)")
+
+
+def _passage(c: Any) -> dict[str, Any]:
+    return {"number": c.number, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source": c.source, "score": c.score}
+
+
+def _metadata(answer: Answer) -> dict[str, Any]:
+    return {k: v for k, v in answer.metadata.items() if _is_json(v)}
+
+
+def answer_json(answer: Answer) -> dict[str, Any]:
+    """The ``/ask`` response: the answer, its citations, every source passage, and metadata."""
+    return {
+        "answer": answer.text, "citations": [_passage(c) for c in answer.citations],
+        "sources": [_passage(c) for c in answer.sources], "metadata": _metadata(answer),
+    }
+
+
+def completion(answer: Answer, model: str) -> dict[str, Any]:
+    """A non-streaming chat completion; citations ride along under ``layered``."""
+    gen = answer.generation
+    prompt_tokens = int(getattr(gen, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(gen, "completion_tokens", 0) or 0)
+    return {
+        "id": new_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                     "finish_reason": getattr(gen, "finish_reason", "stop") or "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+        "layered": {"citations": [_passage(c) for c in answer.citations], "metadata": _metadata(answer)},
+    }
+
+
+def chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    """One server-sent event carrying a ``chat.completion.chunk`` with ``delta``."""
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return sse(body)
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,118 @@
+"""`layered serve` for real: a pipeline behind a loopback HTTP server, spoken to over sockets."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from layered import Pipeline
+from layered.retrieval.chunkers import TokenChunker
+from layered.retrieval.dense import DenseRetriever
+from layered.retrieval.embedders import HashingEmbedder
+from layered.serving.server import PipelineServer, ServeOptions
+from layered.types import Document
+
+
+@pytest.fixture
+def pipe(tiny_generator, docs):
+    retriever = DenseRetriever(embedder=HashingEmbedder(128), chunker=TokenChunker(size=60, overlap=10))
+    secret = Document(id="secret", text="Staff-only note about the thyroid drug trial schedule.", source="memo",
+                      metadata={"access": ["group:staff"]})
+    retriever.add_documents([*docs[:10], secret])
+    return Pipeline(generator=tiny_generator, retriever=retriever, k=3)
+
+
+@pytest.fixture
+def server(pipe):
+    servers = []
+
+    def start(**options):
+        srv = PipelineServer(pipe, ("127.0.0.1", 0), ServeOptions(model_name="tiny", **options))
+        srv.start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def request(srv, method, path, body=None, headers=None, raw=None):
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers=headers or {})
+    resp = conn.getresponse()
+    payload = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), payload
+
+
+def test_ask_and_chat_completions_return_the_pipelines_answer(server, pipe):
+    srv = server()
+    question = "What causes thyroid problems?"
+    expected = pipe.ask(question)
+    status, _, body = request(srv, "POST", "/ask", {"question": question})
+    data = json.loads(body)
+    assert status == 200 and data["answer"] == expected.text
+    assert [s["chunk_id"] for s in data["sources"]] == [s.chunk_id for s in expected.sources]
+    status, _, body = request(srv, "POST", "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": question}]})
+    data = json.loads(body)
+    assert status == 200 and data["object"] == "chat.completion"
+    assert data["choices"][0]["message"]["content"] == expected.text and data["usage"]["completion_tokens"] > 0
+    status, _, body = request(srv, "GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["tiny"]
+    assert request(srv, "GET", "/health")[0] == 200
+
+
+def test_streaming_sends_server_sent_events_ending_in_done(server, pipe):
+    srv = server()
+    question = "What causes thyroid problems?"
+    status, headers, body = request(srv, "POST", "/v1/chat/completions",
+                                    {"messages": [{"role": "user", "content": question}], "stream": True})
+    assert status == 200 and headers["Content-Type"] == "text/event-stream"
+    events = [line[6:] for line in body.decode().split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == pipe.ask(question).text
+
+
+@pytest.mark.parametrize("method, path, body, raw, headers, status, message", [
+    ("POST", "/ask", None, b"{not json", None, 400, "not valid JSON"),
+    ("POST", "/ask", [1, 2], None, None, 400, "JSON object"),
+    ("POST", "/ask", {"question": 3}, None, None, 400, "'question'"),
+    ("POST", "/ask", {"question": "   "}, None, None, 400, "empty"),
+    ("POST", "/ask", {"question": "hi", "k": 0}, None, None, 400, "'k'"),
+    ("POST", "/ask", {"question": "hi", "adapter": "nope"}, None, None, 422, "no adapter named"),
+    ("POST", "/ask", {"question": "word " * 5000}, None, None, 400, "shorten the question"),
+    ("POST", "/v1/chat/completions", {"messages": []}, None, None, 400, "non-empty list"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, None, None, 400, "no user message"),
+    ("POST", "/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}, None, None, 400, "unknown model"),
+    ("GET", "/nowhere", None, None, None, 404, "not served"),
+    ("GET", "/ask", None, None, None, 405, "not served"),
+    ("POST", "/ask", None, b"x" * 200_000, None, 413, "limit is 100000"),
+])
+def test_bad_requests_get_a_json_4xx_and_the_server_lives_on(server, method, path, body, raw, headers, status, message):
+    srv = server(max_body_bytes=100_000)
+    got, _, payload = request(srv, method, path, body, headers, raw)
+    assert got == status and message in json.loads(payload)["error"]["message"]
+    assert request(srv, "GET", "/health")[0] == 200
+
+
+def test_a_full_queue_gets_503_with_retry_after(server):
+    srv = server(max_queue=0)
+    status, headers, payload = request(srv, "POST", "/ask", {"question": "What causes thyroid problems?"})
+    assert status == 503 and headers["Retry-After"] == "1" and "busy" in json.loads(payload)["error"]["message"]
+
+
+def test_access_control_comes_from_the_configured_headers(server):
+    srv = server(user_header="X-User", groups_header="X-Groups")
+    question = {"question": "staff-only thyroid drug trial schedule", "k": 11}
+    assert request(srv, "POST", "/ask", question)[0] == 401
+    _, _, outsider = request(srv, "POST", "/ask", question, {"X-User": "ann"})
+    _, _, insider = request(srv, "POST", "/ask", question, {"X-User": "bob", "X-Groups": "nurses, staff"})
+    assert "secret" not in [s["doc_id"] for s in json.loads(outsider)["sources"]]
+    assert "secret" in [s["doc_id"] for s in json.loads(insider)["sources"]]

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=int, help="passages to retrieve (default: the pipeline's)")
     ask.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the pipeline's)")
     ask.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a prompt variable; repeatable")
+    ask.add_argument("--adapter", help="answer with this adapter ('base': none; default: the router's or the default adapter)")
+    ask.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers", help="generator backend")
     out = ask.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the answer as JSON")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
@@ -183,15 +185,15 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from layered.pipeline import Pipeline
 
     variables = _parse_vars(args.var)
-    pipe = Pipeline.load(args.dir)
+    pipe = Pipeline.load(args.dir).serve_with(args.backend)
     if args.max_new_tokens:
         pipe.generator.max_new_tokens = args.max_new_tokens
     if args.stream:
-        for piece in pipe.stream(args.question, k=args.k, **variables):
+        for piece in pipe.stream(args.question, k=args.k, adapter=args.adapter, **variables):
             print(piece, end="", flush=True)
         print()
         return 0
-    answer = pipe.ask(args.question, k=args.k, **variables)
+    answer = pipe.ask(args.question, k=args.k, adapter=args.adapter, **variables)
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -283,13 +285,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from layered.pipeline import Pipeline
-    from layered.serving.server import ServeOptions, serve
+    from layered.serving.server import PipelineServer, ServeOptions
 
     pipe = Pipeline.load(args.dir).serve_with(args.backend)
     pipe.warm_up()
     options = ServeOptions(model_name=args.name, max_body_bytes=args.max_body, max_queue=args.max_queue,
                            user_header=args.user_header, groups_header=args.groups_header)
-    serve(pipe, args.host, args.port, options)
+    server = PipelineServer(pipe, (args.host, args.port), options)
+    # Always said (even with -q): a server that does not say where it listens is no use.
+    print(f"layered: serving {args.name} on {server.url} (POST /v1/chat/completions, POST /ask, GET /v1/models, "
+          "GET /health); Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 

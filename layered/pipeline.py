@@ -245,8 +245,10 @@ class Pipeline:
 
         ``config`` is a :class:`layered.tuning.config.TuneConfig` (LoRA by default);
         ``options`` go to :func:`layered.tuning.fit.fit_pipeline` (``out_dir``, ``resume``,
-        ``distractors``, ``progress``). The pipeline answers with the adapter afterwards and
-        :meth:`save` stores it. Returns the training report (``val_losses[0]`` is before training).
+        ``distractors``, ``progress``, ``check_forgetting``). The pipeline answers with the
+        adapter (named ``"default"``) afterwards and :meth:`save` stores it. Returns the
+        training report (``val_losses[0]`` is before training; ``forgetting`` holds the
+        general-text perplexity of the base and the tuned model).
         """
         from layered.tuning.fit import fit_pipeline
 
@@ -279,7 +281,8 @@ class Pipeline:
 
         ``"llamacpp"``: llama.cpp on the same GGUF with the default adapter exported to a GGUF
         LoRA (about 6x faster on CPU; ``options`` go to ``LlamaCppGenerator.from_generator``).
-        ``"transformers"``: this pipeline itself.
+        llama.cpp applies one adapter at load time, so other adapters and the router stay
+        with the transformers pipeline. ``"transformers"``: this pipeline itself.
         """
         if backend == "transformers":
             return self
@@ -288,6 +291,9 @@ class Pipeline:
         from layered.generation.llamacpp_generator import LlamaCppGenerator
 
         generator = LlamaCppGenerator.from_generator(self.generator, **options)
+        others = [a for a in getattr(self.generator, "adapters", {}) if a != getattr(self.generator, "default_adapter", None)]
+        if others or self.router is not None:
+            log.warning("llama.cpp serves only the default adapter; %s and the router stay with the transformers backend", others)
         return Pipeline(generator=generator, retriever=self.retriever, prompt=self.prompt, k=self.k,
                         metadata=self.metadata, router=None)
 

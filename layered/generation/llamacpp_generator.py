@@ -146,11 +146,17 @@ class LlamaCppGenerator:
             "repeat_penalty": self.repetition_penalty, "stop": self.stop or None, "seed": self.seed,
         }
 
+    def _fresh(self) -> Any:
+        """The model with its KV cache cleared: llama-cpp-python reuses a cached prefix otherwise,
+        and evaluating the prompt in different batch splits can flip a greedy near-tie."""
+        llm = self._load()[0]
+        llm.reset()
+        return llm
+
     def generate(self, prompt: Prompt) -> Generation:
         with self._lock:
-            llm, _ = self._load()
             ids = self._ids(prompt)
-            out = llm.create_completion(prompt=ids, **self._options())
+            out = self._fresh().create_completion(prompt=ids, **self._options())
             choice, usage = out["choices"][0], out["usage"]
             finish: Literal["stop", "length"] = "length" if choice.get("finish_reason") == "length" else "stop"
             return Generation(
@@ -161,10 +167,9 @@ class LlamaCppGenerator:
     def stream(self, prompt: Prompt) -> Iterator[str]:
         """Yield the answer in text pieces as llama.cpp produces them (same text as ``generate``)."""
         with self._lock:
-            llm, _ = self._load()
             ids = self._ids(prompt)
             first = True
-            for chunk in llm.create_completion(prompt=ids, stream=True, **self._options()):
+            for chunk in self._fresh().create_completion(prompt=ids, stream=True, **self._options()):
                 piece = chunk["choices"][0]["text"]
                 if first:
                     piece, first = piece.lstrip(), not piece.strip()

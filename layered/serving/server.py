@@ -80,7 +80,7 @@ class PipelineServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def start(self) -> threading.Thread:
         """Serve on a background thread (for tests and embedding); stop with ``shutdown()``."""
@@ -245,12 +245,3 @@ class _Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()  # a client that went away stops the generation
 
-
-def serve(pipeline: Any, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None) -> None:
-    """Serve ``pipeline`` until interrupted."""
-    server = PipelineServer(pipeline, (host, port), options)
-    log.info("serving %s on %s (POST /v1/chat/completions, POST /ask, GET /v1/models, GET /health)", server.options.model_name, server.url)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

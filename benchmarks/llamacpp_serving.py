@@ -1,0 +1,136 @@
+"""llama.cpp + exported LoRA vs transformers + PEFT: greedy agreement and generation speed, one run.
+
+    .venv/bin/python benchmarks/llamacpp_serving.py [--steps 30] [--prompts 20] [--tokens 64]
+
+Tunes a LoRA adapter on the bundled Bitext pairs (SmolLM2-135M-Instruct, through
+``Pipeline.fit``), exports it to a GGUF LoRA, and on held-out questions (the same token ids
+for both backends) reports:
+
+- agreement: how many of the prompts give the same first 16 greedy token ids with
+  llama.cpp + GGUF adapter as with transformers + PEFT adapter (repetition penalty off);
+  two controls: llama.cpp without the adapter against the same transformers outputs (is
+  the adapter applied at all?) and the two base models against each other (how much the
+  backends' own arithmetic differs: llama.cpp quantises activations to 8 bits);
+- fidelity of the export: the shift the adapter causes in the next-token logits, llama.cpp
+  (with minus without the GGUF adapter) against transformers (with minus without PEFT);
+- speed: generated tokens per second of llama.cpp + adapter and of transformers with the
+  LoRA merged into its weights, on the same prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from layered import Pipeline
+from layered.generation.adapters import serving
+from layered.generation.llamacpp_generator import LlamaCppGenerator
+from layered.generation.transformers_generator import TransformersGenerator
+from layered.prompts.template import ChatPromptTemplate
+from layered.tuning.config import TuneConfig
+from layered.tuning.data import clean, load_examples, split
+
+DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "bitext_support_sample.csv"
+PROMPT = ChatPromptTemplate(system="You are a friendly customer-support agent for an online shop.", abstain=False)
+AGREE = 16
+
+
+def hf_tokens(gen: TransformersGenerator, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    inputs = torch.tensor([ids])
+    with torch.inference_mode():
+        out = gen.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=n, do_sample=False,
+                                 repetition_penalty=1.0, pad_token_id=gen.tokenizer.eos_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def cpp_tokens(gen: LlamaCppGenerator, ids: list[int], n: int) -> list[int]:
+    llm, tok = gen._load()
+    llm.reset()
+    out: list[int] = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        if token == tok.eos_token_id or len(out) == n:
+            break
+        out.append(token)
+    return out
+
+
+def cpp_logits(gen: LlamaCppGenerator, ids: list[int]):
+    import numpy as np
+
+    llm = gen._load()[0]
+    llm.reset()
+    llm.eval(ids)  # without logits_all, only the last position's logits are kept, in the context
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+
+
+def hf_logits(gen: TransformersGenerator, ids: list[int], adapter: str | None):
+    import torch
+
+    from layered.generation.adapters import serving
+
+    with serving(gen.model, adapter), torch.no_grad():
+        return gen.model(input_ids=torch.tensor([ids])).logits[0, -1].double().numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed test")
+    args = ap.parse_args()
+    examples, _ = clean(load_examples(DATA, keep=["intent"]), max_chars=1500)
+    parts = split(examples, validation=0.1, test=0.1, seed=0)
+    gen = TransformersGenerator(max_new_tokens=AGREE)
+    pipe = Pipeline(generator=gen, prompt=PROMPT)
+    config = TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=args.steps, batch_size=4, eval_every=args.steps,
+                        checkpoint_every=args.steps, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    work = Path(tempfile.mkdtemp(prefix="layered-llamacpp-"))
+    fit = pipe.fit(parts.train[:160], val=parts.validation[:16], config=config, out_dir=work / "run", progress=False)
+    print(f"LoRA: {fit.steps} steps, validation loss {fit.val_losses[0][1]:.3f} -> {fit.val_losses[-1][1]:.3f}")
+    served = pipe.serve_with("llamacpp", adapter_dir=work)
+    plain = LlamaCppGenerator(max_new_tokens=AGREE)
+    questions = [e.question for e in (parts.test + parts.validation[16:])][: args.prompts]
+    prompts = [gen.encode(pipe.build_prompt(q))["input_ids"][0].tolist() for q in questions]
+
+    reference = [hf_tokens(gen, ids, AGREE) for ids in prompts]
+    with_adapter = [cpp_tokens(served.generator, ids, AGREE) for ids in prompts]
+    without = [cpp_tokens(plain, ids, AGREE) for ids in prompts]
+    with serving(gen.model, None):
+        base_reference = [hf_tokens(gen, ids, AGREE) for ids in prompts]
+    n = len(prompts)
+    print(f"\nagreement on the first {AGREE} greedy tokens, {n} prompts:")
+    print(f"  llama.cpp + exported GGUF LoRA vs transformers + PEFT LoRA: {sum(map(list.__eq__, reference, with_adapter))}/{n}")
+    print(f"  control: llama.cpp without the adapter vs the same:         {sum(map(list.__eq__, reference, without))}/{n}")
+    print(f"  control: the two base models (no adapters) vs each other:   {sum(map(list.__eq__, base_reference, without))}/{n}")
+    cosines = []
+    for ids in prompts:
+        shift_hf = hf_logits(gen, ids, "default") - hf_logits(gen, ids, None)
+        shift_cpp = cpp_logits(served.generator, ids) - cpp_logits(plain, ids)
+        cosines.append(float(shift_hf @ shift_cpp / (np.linalg.norm(shift_hf) * np.linalg.norm(shift_cpp))))
+    print(f"  adapter's next-token logit shift, llama.cpp vs transformers: cosine median {statistics.median(cosines):.4f}, "
+          f"min {min(cosines):.4f}")
+
+    gen.merge_adapter()
+    timings = {}
+    for label, run in (("transformers + merged LoRA", lambda ids: hf_tokens(gen, ids, args.tokens)),
+                       ("llama.cpp + GGUF LoRA", lambda ids: cpp_tokens(served.generator, ids, args.tokens))):
+        run(prompts[0])  # warm-up
+        t, n = time.perf_counter(), 0
+        for ids in prompts:
+            n += len(run(ids))
+        timings[label] = n / (time.perf_counter() - t)
+    base = timings["transformers + merged LoRA"]
+    print(f"\n| backend | tokens/s | speed-up |\n|---|---|---|")
+    for label, rate in timings.items():
+        print(f"| {label} | {rate:.1f} | {rate / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the pipeline's)")
     ask.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a prompt variable; repeatable")
     ask.add_argument("--adapter", help="answer with this adapter ('base': none; default: the router's or the default adapter)")
-    ask.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers", help="generator backend")
+    ask.add_argument("--backend", choices=["transformers", "llamacpp"], help="generator backend (default: as saved)")
     out = ask.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the answer as JSON")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
@@ -92,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("dir", help="saved pipeline folder")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    srv.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
-                     help="generator backend: llamacpp runs the same GGUF (and the exported LoRA adapter) ~6x faster on CPU")
+    srv.add_argument("--backend", choices=["transformers", "llamacpp"],
+                     help="generator backend (default: as saved); llamacpp runs the same GGUF and the exported LoRA 4.5x faster on CPU")
     srv.add_argument("--name", default="layered", help="model id reported by /v1/models (default layered)")
     srv.add_argument("--user-header", help="header carrying the user id; when set, retrieval honours document access lists")
     srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated")
@@ -185,7 +185,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from layered.pipeline import Pipeline
 
     variables = _parse_vars(args.var)
-    pipe = Pipeline.load(args.dir).serve_with(args.backend)
+    pipe = Pipeline.load(args.dir)
+    if args.backend:
+        pipe = pipe.serve_with(args.backend)
     if args.max_new_tokens:
         pipe.generator.max_new_tokens = args.max_new_tokens
     if args.stream:
@@ -287,7 +289,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from layered.pipeline import Pipeline
     from layered.serving.server import PipelineServer, ServeOptions
 
-    pipe = Pipeline.load(args.dir).serve_with(args.backend)
+    pipe = Pipeline.load(args.dir)
+    if args.backend:
+        pipe = pipe.serve_with(args.backend)
     pipe.warm_up()
     options = ServeOptions(model_name=args.name, max_body_bytes=args.max_body, max_queue=args.max_queue,
                            user_header=args.user_header, groups_header=args.groups_header)

@@ -277,17 +277,19 @@ class Pipeline:
         self.generator.add_adapter(name, config, adapter_file(source, theirs_name), default=default)
 
     def serve_with(self, backend: str, **options: Any) -> "Pipeline":
-        """This pipeline (same prompt, retriever, router, k) answering with another generator backend.
+        """This pipeline (same prompt, retriever and k) answering with another generator backend.
 
-        ``"llamacpp"``: llama.cpp on the same GGUF with the default adapter exported to a GGUF
-        LoRA (about 6x faster on CPU; ``options`` go to ``LlamaCppGenerator.from_generator``).
-        llama.cpp applies one adapter at load time, so other adapters and the router stay
-        with the transformers pipeline. ``"transformers"``: this pipeline itself.
+        ``"llamacpp"`` from a transformers generator: llama.cpp on the same GGUF with the
+        default adapter exported to a GGUF LoRA (4.5x the tokens/s here; ``options`` go to
+        ``LlamaCppGenerator.from_generator``). llama.cpp applies one adapter at load time, so
+        other adapters and the router stay with the transformers pipeline. Asking for the
+        backend the pipeline already has returns the pipeline itself.
         """
-        if backend == "transformers":
+        current = getattr(self.generator, "kind", type(self.generator).__name__)
+        if backend == current:
             return self
-        if backend != "llamacpp":
-            raise ConfigError(f"unknown backend {backend!r} (known: transformers, llamacpp)")
+        if (current, backend) != ("transformers", "llamacpp"):
+            raise ConfigError(f"cannot switch a {current} generator to {backend!r} (known: transformers -> llamacpp)")
         from layered.generation.llamacpp_generator import LlamaCppGenerator
 
         generator = LlamaCppGenerator.from_generator(self.generator, **options)

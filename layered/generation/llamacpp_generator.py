@@ -28,6 +28,7 @@ class LlamaCppGenerator:
 
     ``repetition_penalty`` is llama.cpp's: it applies to the last 64 tokens (prompt included),
     where transformers applies it to every token so far; 1.0 turns it off in both.
+    ``flash_attn`` (on by default) measured 6-10% more tokens/s here.
     """
 
     kind = "llamacpp"
@@ -46,6 +47,7 @@ class LlamaCppGenerator:
         threads: int | None = None,
         lora: str | Path | None = None,
         lora_scale: float = 1.0,
+        flash_attn: bool = True,
     ) -> None:
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -64,6 +66,7 @@ class LlamaCppGenerator:
         self.threads = threads
         self.lora = Path(lora) if lora is not None else None
         self.lora_scale = lora_scale
+        self.flash_attn = flash_attn
         self._llm: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
@@ -100,7 +103,8 @@ class LlamaCppGenerator:
                     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
                     llm = Llama(
                         model_path=str(path), n_ctx=self.context_window, n_threads=self.threads or os.cpu_count() or 1,
-                        seed=self.seed, lora_path=str(self.lora) if self.lora else None, lora_scale=self.lora_scale, verbose=False,
+                        seed=self.seed, lora_path=str(self.lora) if self.lora else None, lora_scale=self.lora_scale,
+                        flash_attn=self.flash_attn, verbose=False,
                     )
                 except (OSError, ValueError, ImportError, RuntimeError) as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -185,7 +189,7 @@ class LlamaCppGenerator:
             "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
             "context_window": self.context_window, "temperature": self.temperature, "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty, "stop": self.stop, "seed": self.seed,
-            "lora": LORA_FILE if self.lora else None, "lora_scale": self.lora_scale,
+            "lora": LORA_FILE if self.lora else None, "lora_scale": self.lora_scale, "flash_attn": self.flash_attn,
         }
 
     def save(self, folder: Path) -> None:
@@ -197,7 +201,7 @@ class LlamaCppGenerator:
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "LlamaCppGenerator":
         options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "top_p", "repetition_penalty",
-                                          "stop", "seed", "lora_scale") if k in config}
+                                          "stop", "seed", "lora_scale", "flash_attn") if k in config}
         lora = folder / "generator" / LORA_FILE if config.get("lora") else None
         return cls(config["model"], lora=lora, **options)
 

@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="pick queries_SPLIT.jsonl / qrels_SPLIT.tsv when a folder has several")
     ev.add_argument("-k", type=int, default=10, help="cut-off for the metrics (default 10)")
     ev.add_argument("--retriever", choices=["all", "bm25", "dense", "hybrid"], default="all")
+    ev.add_argument("--custom", metavar="FILE.py:NAME",
+                    help="evaluate your own retriever instead: NAME (in FILE.py, or module:NAME) is called with the corpus "
+                         "documents and returns an object with retrieve(query, *, k, filters)")
     ev.add_argument("--max-queries", type=int, help="evaluate only the first N judged queries")
     ev.add_argument("--out", help="also write the results as JSON to this file")
 
@@ -236,14 +239,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     data = load_beir(args.data, split=args.split)
     qrels = dict(list(data.qrels.items())[: args.max_queries]) if args.max_queries else data.qrels
     log.info("%d documents, %d judged queries", len(data.corpus), len(qrels))
-    retrievers = build_retrievers(data.corpus, progress=not args.quiet)
-    names = list(retrievers) if args.retriever == "all" else [args.retriever]
+    if args.custom:
+        retrievers = {args.custom.rpartition(":")[2]: _load_object(args.custom)(data.corpus)}
+        names = list(retrievers)
+    else:
+        retrievers = build_retrievers(data.corpus, progress=not args.quiet)
+        names = list(retrievers) if args.retriever == "all" else [args.retriever]
     results = {name: evaluate_retriever(retrievers[name], data.queries, qrels, k=args.k) for name in names}
     print(markdown_table(results))
     if args.out:
         atomic_write_json(args.out, {"data": str(args.data), "k": args.k, "results": results})
         log.info("wrote %s", args.out)
     return 0
+
+
+def _load_object(spec: str) -> Any:
+    """``path/to/file.py:NAME`` or ``package.module:NAME`` -> the object (a clear error otherwise)."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise layered.errors.ConfigError(f"{spec!r}: expected FILE.py:NAME or module:NAME")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise layered.errors.SourceNotFoundError(f"{path}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise layered.errors.ConfigError(f"cannot import {where!r}: {e}") from None
+    if not hasattr(module, name):
+        raise layered.errors.ConfigError(f"{where} has no {name!r}")
+    return getattr(module, name)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

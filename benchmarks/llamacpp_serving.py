@@ -127,7 +127,7 @@ def main() -> None:
             n += len(run(ids))
         timings[label] = n / (time.perf_counter() - t)
     base = timings["transformers + merged LoRA"]
-    print(f"\n| backend | tokens/s | speed-up |\n|---|---|---|")
+    print("\n| backend | tokens/s | speed-up |\n|---|---|---|")
     for label, rate in timings.items():
         print(f"| {label} | {rate:.1f} | {rate / base:.2f}x |")
 

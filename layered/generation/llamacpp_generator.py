@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from layered import models
-from layered.errors import ConfigError, ContextOverflowError, ModelNotAvailableError
+from layered.errors import ConfigError, ModelNotAvailableError
+from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
 from layered.types import Generation, Prompt
 
 LORA_FILE = "adapter.gguf"
@@ -49,10 +50,7 @@ class LlamaCppGenerator:
         lora_scale: float = 1.0,
         flash_attn: bool = True,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if context_window <= max_new_tokens:
-            raise ConfigError(f"context_window ({context_window}) must exceed max_new_tokens ({max_new_tokens})")
+        check_budget(max_new_tokens, context_window)
         if lora is not None and not Path(lora).is_file():
             raise ConfigError(f"the LoRA adapter {lora} does not exist")
         self.model_name = model
@@ -127,19 +125,14 @@ class LlamaCppGenerator:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of the prompt after the model's chat template (as the transformers generator)."""
-        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        return list(self._load()[1].apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        return list(self._load()[1].apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))
 
     def _ids(self, prompt: Prompt) -> list[int]:
         ids = self.encode(prompt)
-        if len(ids) > self.prompt_budget:
-            raise ContextOverflowError(
-                f"the prompt is {len(ids)} tokens but the {self.context_window}-token window leaves {self.prompt_budget} "
-                f"after reserving {self.max_new_tokens} for the answer; shorten the question or lower k"
-            )
+        check_fits(len(ids), self.context_window, self.max_new_tokens)
         return ids
 
     def _options(self) -> dict[str, Any]:
@@ -183,8 +176,7 @@ class LlamaCppGenerator:
     # -- config ------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        if self.model_name not in models.PACKAGED and not Path(self.model_name).exists():
-            raise ConfigError(f"generator model {self.model_name!r} is not a packaged model or a local path; it cannot be saved")
+        check_saveable(self.model_name)
         return {
             "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
             "context_window": self.context_window, "temperature": self.temperature, "top_p": self.top_p,

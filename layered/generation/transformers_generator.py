@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping
 
 from layered import models
-from layered.errors import ConfigError, ContextOverflowError, ModelNotAvailableError
-from layered.types import Generation, Message, Prompt
+from layered.errors import ConfigError, ModelNotAvailableError
+from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
+from layered.types import Generation, Prompt
 
 
 ADAPTER_DIR = "adapters"
-
-
-def _chat(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 class TransformersGenerator:
@@ -47,10 +44,7 @@ class TransformersGenerator:
         dtype: str = "float32",
         seed: int = 0,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if context_window <= max_new_tokens:
-            raise ConfigError(f"context_window ({context_window}) must exceed max_new_tokens ({max_new_tokens})")
+        check_budget(max_new_tokens, context_window)
         self.model_name = model
         self.max_new_tokens = max_new_tokens
         self.context_window = context_window
@@ -223,7 +217,7 @@ class TransformersGenerator:
         """Token ids (a 1 x n tensor dict) of the prompt after the model's chat template."""
         tok = self._load()[1]
         return tok.apply_chat_template(
-            _chat(prompt.messages), add_generation_prompt=True, return_dict=True, return_tensors="pt",
+            chat_messages(prompt), add_generation_prompt=True, return_dict=True, return_tensors="pt",
         )
 
     def count_tokens(self, prompt: Prompt) -> int:
@@ -231,12 +225,7 @@ class TransformersGenerator:
 
     def _inputs(self, prompt: Prompt) -> Any:
         inputs = self.encode(prompt)
-        n = int(inputs["input_ids"].shape[-1])
-        if n > self.prompt_budget:
-            raise ContextOverflowError(
-                f"the prompt is {n} tokens but the model's {self._limit()}-token window leaves {self.prompt_budget} "
-                f"after reserving {self.max_new_tokens} for the answer; shorten the question or lower k"
-            )
+        check_fits(int(inputs["input_ids"].shape[-1]), self._limit(), self.max_new_tokens)
         device = self._load()[0].device
         return {k: v.to(device) for k, v in inputs.items()}
 
@@ -317,8 +306,7 @@ class TransformersGenerator:
     def config(self) -> dict[str, Any]:
         if self.merged:
             raise ConfigError("a generator with a merged adapter cannot be saved as a config; save before merging")
-        if self.model_name not in models.PACKAGED and not Path(self.model_name).exists():
-            raise ConfigError(f"generator model {self.model_name!r} is not a packaged model or a local path; it cannot be saved")
+        check_saveable(self.model_name)
         cfg: dict[str, Any] = {
             "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
             "context_window": self.context_window, "temperature": self.temperature,

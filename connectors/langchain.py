@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -87,13 +88,42 @@ class PipelineRunnable(Runnable[Any, Any]):
         return await asyncio.to_thread(self.invoke, input, config)
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[str]:  # noqa: A002
-        pieces = self.stream(input, config)
-        done = object()
+        """Stream from one worker thread: the generator holds a lock that the thread which
+        took it must release, so the sync stream never hops between executor threads."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def send(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                stop.set()
+
+        def produce() -> None:
+            pieces = self.stream(input, config)
+            try:
+                for piece in pieces:
+                    if stop.is_set():
+                        break
+                    send("piece", piece)
+                send("done", None)
+            except BaseException as e:  # handed to the consumer below
+                send("error", e)
+            finally:
+                pieces.close()
+
+        threading.Thread(target=produce, name="layered-astream", daemon=True).start()
         try:
-            while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
-                yield piece  # type: ignore[misc]
+            while True:
+                kind, value = await queue.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
         finally:
-            pieces.close()
+            stop.set()  # a consumer that stops early ends the generation at the next piece
 
 
 def as_runnable(pipeline: Any, *, output: str = "text") -> PipelineRunnable:

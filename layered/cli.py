@@ -105,12 +105,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
                           description="Build (or reuse from the cache) an index over bundled data and answer sample questions.")
-    demo.add_argument("name", choices=["medical"], help="which demo")
+    demo.add_argument("name", choices=["medical", "support"], help="which demo")
     demo.add_argument("--cache-dir", help="where the index is cached (default: $LAYERED_CACHE or ~/.cache/layered)")
     demo.add_argument("--rebuild", action="store_true", help="re-index even if a cached index exists")
     demo.add_argument("--question", action="append", dest="questions", metavar="Q", help="ask this instead of the sample questions; repeatable")
     demo.add_argument("--max-new-tokens", type=int, default=160, help="longest answer in tokens (default 160)")
-    demo.add_argument("--audience", choices=["patient", "clinician"], default="patient", help="who the answers are for (default patient)")
+    demo.add_argument("--audience", choices=["patient", "clinician"], default="patient", help="medical: who the answers are for (default patient)")
+    demo.add_argument("--steps", type=int, default=40, help="support: training steps of the policy adapter on first run (default 40)")
     return p
 
 
@@ -207,9 +208,11 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from layered.pipelines import medical
+    if args.name == "support":
+        return _demo_support(args)
+    from layered.pipelines import default_cache_dir, medical
 
-    cache = Path(args.cache_dir) if args.cache_dir else medical.default_cache_dir() / "demo-medical"
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "demo-medical"
     t = time.perf_counter()
     pipe, reused = medical.load_or_build(cache, rebuild=args.rebuild, progress=not args.quiet)
     n = len(pipe.retriever)
@@ -229,6 +232,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         _print_answer(answer)
         log.info("(%d tokens in %.1fs)", answer.generation.completion_tokens if answer.generation else 0, time.perf_counter() - t)
     print(f"\n{medical.DISCLAIMER}")
+    return 0
+
+
+def _demo_support(args: argparse.Namespace) -> int:
+    from layered.pipelines import default_cache_dir, support
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "demo-support"
+    t = time.perf_counter()
+    if not (cache.exists() and not args.rebuild):
+        log.info("first run: indexing the manuals and guidelines and training the policy adapter (%d steps)", args.steps)
+    pipe, reused = support.load_or_build(cache, steps=args.steps, rebuild=args.rebuild, progress=not args.quiet)
+    log.info("%s %s (%.0fs)", "reusing the cached pipeline in" if reused else "built, tuned and saved the pipeline to", cache,
+             time.perf_counter() - t)
+    log.info("data: %s", support.ATTRIBUTION)
+    pipe.generator.max_new_tokens = args.max_new_tokens
+    questions = [(q, {}) for q in args.questions] if args.questions else support.DEMO_QUESTIONS
+    for i, (question, slots) in enumerate(questions):
+        if i:
+            print()
+        answer = support.ask(pipe, support.fill_slots(question, slots), **slots)
+        print(f"Q: {support.fill_slots(question, slots)}   [adapter: {answer.metadata.get('adapter') or 'base'}]")
+        print("A: ", end="")
+        _print_answer(answer)
     return 0
 
 

@@ -26,6 +26,7 @@ _TABLE: dict[str, dict[str, str]] = {
         "dense": "layered.retrieval.dense:DenseRetriever",
         "hybrid": "layered.retrieval.hybrid:HybridRetriever",
         "reranked": "layered.retrieval.rerank:RerankingRetriever",
+        "scoped": "layered.retrieval.scoped:ScopedRetriever",
     },
     "reranker": {
         "cross-encoder": "layered.retrieval.rerank:CrossEncoderReranker",

@@ -8,7 +8,6 @@ re-indexed, never silently mixed with a stale index).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ DEMO_QUESTIONS = (
 PROMPT_PATH = Path(__file__).resolve().parent / "data" / "medical_prompt.toml"
 MEDICAL_PROMPT = ChatPromptTemplate.from_file(PROMPT_PATH)
 AUDIENCES = tuple(MEDICAL_PROMPT.audiences)
-
-
-def default_cache_dir() -> Path:
-    """``$LAYERED_CACHE`` or ``$XDG_CACHE_HOME/layered`` or ``~/.cache/layered``."""
-    root = os.environ.get("LAYERED_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layered"
-    return Path(root)
 
 
 def build(corpus: Path = SAMPLE_PATH, *, progress: bool = False, **options: Any) -> Pipeline:

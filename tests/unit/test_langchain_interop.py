@@ -48,6 +48,13 @@ def test_a_pipeline_is_a_runnable_sync_async_batch_and_streaming(pipe):
 
     pieces = asyncio.run(collect())
     assert len(pieces) > 1 and "".join(pieces) == expected
+
+    async def first_piece_only():
+        async for piece in runnable.astream(QUESTION):
+            return piece
+
+    assert asyncio.run(first_piece_only()) == pieces[0]
+    assert runnable.invoke(QUESTION) == expected  # the abandoned stream released the generator
     chain = RunnableLambda(lambda row: row["q"]) | runnable | RunnableLambda(str.upper)  # LCEL composition
     assert chain.invoke({"q": QUESTION}) == expected.upper()
     answer = as_runnable(pipe, output="answer").invoke(QUESTION)

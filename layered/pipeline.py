@@ -29,6 +29,7 @@ from layered.types import Answer, Document, Hit, Prompt
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pipeline.json"
+DEFAULT_REFUSAL = "I could not find this in my sources, so I cannot answer it."
 FORMAT_VERSION = 1
 
 
@@ -49,10 +50,15 @@ class Pipeline:
         k: int = 4,
         metadata: dict[str, Any] | None = None,
         router: Router | None = None,
+        min_score: float | None = None,
+        refusal: str = DEFAULT_REFUSAL,
     ) -> None:
         """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes).
 
-        ``router`` chooses the adapter for questions whose request names none.
+        ``router`` chooses the adapter for questions whose request names none. With
+        ``min_score``, passages scoring below it are dropped, and a question that keeps no
+        passage is answered with ``refusal`` instead of generating (``metadata["refused"]``):
+        the scale is the retriever's (cosine for dense retrieval).
         """
         if not isinstance(generator, Generator):
             raise ConfigError(f"generator must have generate(prompt) and stream(prompt); got {type(generator).__name__}")
@@ -63,6 +69,7 @@ class Pipeline:
         if router is not None and not isinstance(router, Router):
             raise ConfigError(f"router must have route(question); got {type(router).__name__}")
         self.router = router
+        self.min_score, self.refusal = min_score, refusal
         self.generator = generator
         self.retriever = retriever
         self.prompt = prompt if prompt is not None else ChatPromptTemplate()
@@ -153,6 +160,8 @@ class Pipeline:
         allowed = [h for h in hits if matches(h.chunk.metadata, filters)]
         if len(allowed) < len(hits):
             log.warning("the retriever returned %d chunks outside the filters; dropped them", len(hits) - len(allowed))
+        if self.min_score is not None:
+            allowed = [h for h in allowed if h.score >= self.min_score]
         return allowed
 
     def build_prompt(
@@ -221,6 +230,8 @@ class Pipeline:
         _check_question(question)
         chosen = self._adapter_kwargs(question, adapter)
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
+        if self._refuses(prompt):
+            return Answer(text=self.refusal, metadata={"refused": True, "adapter": None})
         generation = self.generator.generate(prompt, **chosen)
         return _answer(
             generation.text, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
@@ -235,8 +246,15 @@ class Pipeline:
         _check_question(question)
         chosen = self._adapter_kwargs(question, adapter)
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
+        if self._refuses(prompt):
+            yield self.refusal
+            return
         pieces = self.generator.stream(prompt, **chosen)
         yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
+
+    def _refuses(self, prompt: Prompt) -> bool:
+        """No passage cleared ``min_score``: answer with the refusal instead of guessing."""
+        return self.min_score is not None and self.retriever is not None and not prompt.context
 
     # -- tuning ------------------------------------------------------------------------------
 
@@ -297,7 +315,7 @@ class Pipeline:
         if others or self.router is not None:
             log.warning("llama.cpp serves only the default adapter; %s and the router stay with the transformers backend", others)
         return Pipeline(generator=generator, retriever=self.retriever, prompt=self.prompt, k=self.k,
-                        metadata=self.metadata, router=None)
+                        metadata=self.metadata, router=None, min_score=self.min_score, refusal=self.refusal)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -306,6 +324,7 @@ class Pipeline:
         parts = {"generator": self.generator, "prompt": self.prompt, "retriever": self.retriever, "router": self.router}
         cfg: dict[str, Any] = {
             "format": FORMAT_VERSION, "layered_version": layered.__version__, "k": self.k, "metadata": self.metadata,
+            "min_score": self.min_score, "refusal": self.refusal,
         }
         for name, part in parts.items():
             if part is None:
@@ -360,6 +379,7 @@ class Pipeline:
         return cls(
             generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
             k=int(cfg["k"]), metadata=cfg.get("metadata") or {}, router=parts["router"],
+            min_score=cfg.get("min_score"), refusal=cfg.get("refusal", DEFAULT_REFUSAL),
         )
 
 

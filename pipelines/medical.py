@@ -25,6 +25,12 @@ ATTRIBUTION = (
 )
 
 DISCLAIMER = "This is general health information from MedQuAD, not medical advice: see a health professional."
+#: Cosine similarity (all-MiniLM-L6-v2) below which a passage is not relevant enough to answer
+#: from. Checked by hand on a few questions: off-topic ones (bread, football, capitals,
+#: routers) top out at 0.16, medical ones start around 0.38.
+MIN_SCORE = 0.3
+REFUSAL = ("I could not find this in the medical sources I have (MedQuAD), so I will not guess. "
+           "Please ask a doctor, nurse or pharmacist.")
 
 DEMO_QUESTIONS = (
     "What are the treatments for Graves disease?",
@@ -38,11 +44,13 @@ AUDIENCES = tuple(MEDICAL_PROMPT.audiences)
 
 
 def build(corpus: Path = SAMPLE_PATH, *, progress: bool = False, **options: Any) -> Pipeline:
-    """A fresh medical pipeline indexed over ``corpus``."""
-    return Pipeline.from_defaults(
+    """A fresh medical pipeline indexed over ``corpus``; it refuses questions its sources do not cover."""
+    pipe = Pipeline.from_defaults(
         corpus, prompt=MEDICAL_PROMPT, progress=progress,
         metadata={"corpus_sha256": sha256_file(corpus), "corpus": corpus.name}, **options,
     )
+    pipe.min_score, pipe.refusal = MIN_SCORE, REFUSAL
+    return pipe
 
 
 def load_or_build(cache: Path, *, corpus: Path = SAMPLE_PATH, rebuild: bool = False, progress: bool = False) -> tuple[Pipeline, bool]:
@@ -56,6 +64,7 @@ def load_or_build(cache: Path, *, corpus: Path = SAMPLE_PATH, rebuild: bool = Fa
             # The prompt is this library's current one; only the index is reused from the cache.
             pipe = Pipeline.load(cache, prompt=MEDICAL_PROMPT)
             if pipe.metadata.get("corpus_sha256") == digest:
+                pipe.min_score, pipe.refusal = MIN_SCORE, REFUSAL
                 return pipe, True
             log.info("the cached index was built from another corpus; rebuilding")
         except ArtifactError as e:

@@ -162,3 +162,16 @@ def test_slots_are_checked(tiny_generator):
         Pipeline(generator=object())  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="retriever"):
         Pipeline(generator=tiny_generator, retriever=object())  # type: ignore[arg-type]
+
+
+def test_a_question_its_sources_do_not_cover_is_refused_not_guessed(tiny_generator, docs, tmp_path):
+    question = docs[3].text.splitlines()[0]
+    scores = [h.score for h in _pipe(tiny_generator, docs).retrieve(question, k=4)]
+    pipe = _pipe(tiny_generator, docs, k=4, min_score=(scores[1] + scores[2]) / 2, refusal="Not in my sources.")
+    kept = pipe.ask(question)
+    assert len(kept.sources) == 2 and not kept.metadata.get("refused")  # only passages above the bar reach the prompt
+    off_topic = pipe.ask("zebra quantum violin carburettor")
+    assert off_topic.text == "Not in my sources." and off_topic.metadata["refused"] and off_topic.generation is None
+    assert "".join(pipe.stream("zebra quantum violin carburettor")) == "Not in my sources."
+    pipe.save(tmp_path / "p")
+    assert Pipeline.load(tmp_path / "p").ask("zebra quantum violin carburettor").text == "Not in my sources."

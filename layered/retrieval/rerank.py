@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from layered import models, registry
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.protocols import Filters, Reranker, Retriever
-from layered.types import Document, Hit
+from layered.retrieval.wrapped import WrappedRetriever
+from layered.types import Hit
 
 
 class CrossEncoderReranker:
@@ -64,31 +65,20 @@ class CrossEncoderReranker:
         return cls(config["model"], batch_size=int(config.get("batch_size", 32)), max_length=int(config.get("max_length", 512)))
 
 
-class RerankingRetriever:
+class RerankingRetriever(WrappedRetriever):
     """``base`` fetches ``candidates`` hits (filters applied there); ``reranker`` picks the top ``k``."""
 
     kind = "reranked"
+    _own = ("base", "reranker", "candidates")
 
     def __init__(self, base: Retriever, reranker: Reranker, *, candidates: int = 20) -> None:
         if candidates < 1:
             raise ConfigError(f"candidates must be positive, got {candidates}")
         self.base, self.reranker, self.candidates = base, reranker, candidates
 
-    def __getattr__(self, name: str) -> Any:
-        # embedder, store, add_documents, delete_documents, __len__ ... come from the base.
-        if name in ("base", "reranker", "candidates"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:
         hits = self.base.retrieve(query, k=max(k, self.candidates), filters=filters)
         return self.reranker.rerank(query, hits)[:k]
-
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> Any:
-        return self.base.add_documents(docs, progress=progress)  # type: ignore[attr-defined]
 
     def config(self) -> dict[str, Any]:
         return {
@@ -96,10 +86,6 @@ class RerankingRetriever:
             "candidates": self.candidates,
         }
 
-    def save(self, folder: Path) -> None:
-        self.base.save(folder)  # type: ignore[attr-defined]
-
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "RerankingRetriever":
-        base = registry.lookup("retriever", config["base"]["kind"]).load(folder, config["base"])
-        return cls(base, registry.build("reranker", config["reranker"]), candidates=int(config["candidates"]))
+        return cls(cls.load_base(folder, config), registry.build("reranker", config["reranker"]), candidates=int(config["candidates"]))

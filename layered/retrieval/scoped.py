@@ -10,32 +10,25 @@ the retriever, ``Pipeline.fit`` formats training examples with the same scoped p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from layered import registry
 from layered.errors import ConfigError
 from layered.protocols import Filters, Retriever, Router
-from layered.types import Document, Hit
+from layered.retrieval.wrapped import WrappedRetriever
+from layered.types import Hit
 
 
-class ScopedRetriever:
+class ScopedRetriever(WrappedRetriever):
     """``base`` searched within the scope that ``scopes[router.route(query)]`` names (unscoped when none)."""
 
     kind = "scoped"
+    _own = ("base", "router", "scopes", "key")
 
     def __init__(self, base: Retriever, router: Router, scopes: Mapping[str, str], *, key: str = "scope") -> None:
         if not key.isidentifier():
             raise ConfigError(f"the scope key must be an identifier, got {key!r}")
         self.base, self.router, self.scopes, self.key = base, router, dict(scopes), key
-
-    def __getattr__(self, name: str) -> Any:
-        # embedder, store, delete_documents ... come from the base.
-        if name in ("base", "router", "scopes", "key"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
 
     def scope_of(self, query: str) -> str | None:
         return self.scopes.get(str(self.router.route(query)))
@@ -46,19 +39,12 @@ class ScopedRetriever:
             filters = {**(filters or {}), self.key: scope}
         return self.base.retrieve(query, k=k, filters=filters)
 
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> Any:
-        return self.base.add_documents(docs, progress=progress)  # type: ignore[attr-defined]
-
     def config(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "base": self.base.config(), "router": self.router.config(),  # type: ignore[attr-defined]
             "scopes": self.scopes, "key": self.key,
         }
 
-    def save(self, folder: Path) -> None:
-        self.base.save(folder)  # type: ignore[attr-defined]
-
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "ScopedRetriever":
-        base = registry.lookup("retriever", config["base"]["kind"]).load(folder, config["base"])
-        return cls(base, registry.build("router", config["router"]), config["scopes"], key=config.get("key", "scope"))
+        return cls(cls.load_base(folder, config), registry.build("router", config["router"]), config["scopes"], key=config.get("key", "scope"))

@@ -14,6 +14,7 @@ on 2 CPU cores) and caches both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -118,8 +119,7 @@ def train_policy_adapter(pipe: Pipeline, run_dir: Path, *, steps: int = 40, prog
 def ask(pipe: Pipeline, question: str, **slots: Any) -> Answer:
     """Answer with the routed adapter and scope; ``slots`` fill ``{{...}}`` in the answer."""
     answer = pipe.ask(question)
-    return Answer(text=fill_slots(answer.text, slots), citations=answer.citations, sources=answer.sources,
-                  generation=answer.generation, metadata=answer.metadata)
+    return dataclasses.replace(answer, text=fill_slots(answer.text, slots))
 
 
 def load_or_build(cache: Path, *, steps: int = 40, rebuild: bool = False, progress: bool = False) -> tuple[Pipeline, bool]:

@@ -148,13 +148,17 @@ class Pipeline:
         """The hits the pipeline would put in the prompt for ``question`` (before budgeting).
 
         With ``user``, only chunks whose access list names the user, one of their groups, or
-        ``"*"`` can come back; the filter is applied inside the store query.
+        ``"*"`` can come back; the filter is applied inside the store query. ``k=0`` retrieves
+        nothing (a closed-book answer; a pipeline with ``min_score`` then refuses).
         """
         _check_question(question)
-        if self.retriever is None:
+        k = self.k if k is None else k
+        if k < 0:
+            raise InputError(f"k must be 0 or more passages, got {k}")
+        if self.retriever is None or k == 0:
             return []
         filters = with_access(filters, user)
-        hits = list(self.retriever.retrieve(question, k=k or self.k, filters=filters))
+        hits = list(self.retriever.retrieve(question, k=k, filters=filters))
         # Defence in depth for user-written retrievers that ignore filters: never pass on a
         # chunk that fails them (the built-in stores already filter inside the query).
         allowed = [h for h in hits if matches(h.chunk.metadata, filters)]

@@ -7,6 +7,7 @@ re-indexed, never silently mixed with a stale index).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from layered.artifacts import sha256_file
 from layered.errors import ArtifactError
 from layered.pipeline import Pipeline
 from layered.prompts.template import ChatPromptTemplate
+from layered.tuning.data import Splits
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,19 @@ def load_or_build(cache: Path, *, corpus: Path = SAMPLE_PATH, rebuild: bool = Fa
     pipe = build(corpus, progress=progress)
     pipe.save(cache)
     return pipe, False
+
+
+def comparison_splits(corpus: Path = SAMPLE_PATH, *, max_chars: int = 1200) -> Splits:
+    """The sample's question/answer pairs split 80/10/10 by topic (``focus``), seeded.
+
+    A topic never straddles two splits, so the test questions are about diseases the adapter
+    and the few-shot pool never saw. Each example's relevant document (``doc_ids``) is its
+    own MedQuAD page, which the index holds: the knowledge base has the answer, as in use.
+    Pairs longer than ``max_chars`` are dropped so a RAG prompt plus answer fits for tuning.
+    """
+    from layered.tuning.data import clean, load_examples, split
+
+    examples, _ = clean(load_examples(corpus, keep=["id", "focus"]), max_chars=max_chars)
+    judged = [dataclasses.replace(e, metadata={"focus": e.metadata["focus"], "doc_ids": [str(e.metadata["id"])]})
+              for e in examples]
+    return split(judged, by="focus", validation=0.1, test=0.1, seed=0)

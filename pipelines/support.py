@@ -27,6 +27,7 @@ from layered.errors import ArtifactError
 from layered.generation.routing import KeywordRouter
 from layered.pipeline import Pipeline
 from layered.prompts.template import ChatPromptTemplate
+from layered.tuning.data import Splits
 from layered.types import Answer, Document
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,25 @@ def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
                     k=3, router=ROUTER, metadata={"bitext_sha256": sha256_file(BITEXT)})
 
 
-def train_policy_adapter(pipe: Pipeline, run_dir: Path, *, steps: int = 40, progress: bool = False) -> Any:
-    """Tune the ``policy`` adapter on the bundled Bitext pairs (policy-routed questions only)."""
-    from layered.tuning.config import TuneConfig
+def policy_splits() -> Splits:
+    """The bundled Bitext pairs that route to ``policy``, split 80/10/10 by intent (seeded).
+
+    The adapter trains on ``train`` (validation: the first 24 of ``validation``); ``test``
+    is held out for ``layered compare support``. No pair has relevance judgements against
+    the manuals or guidelines, so retrieval metrics do not apply to it.
+    """
     from layered.tuning.data import clean, load_examples, split
 
     examples, _ = clean(load_examples(BITEXT, keep=["intent"]), max_chars=1200)
     examples = [e for e in examples if ROUTER.route(e.question) == "policy"]
-    parts = split(examples, by="intent", validation=0.1, test=0.1, seed=0)
+    return split(examples, by="intent", validation=0.1, test=0.1, seed=0)
+
+
+def train_policy_adapter(pipe: Pipeline, run_dir: Path, *, steps: int = 40, progress: bool = False) -> Any:
+    """Tune the ``policy`` adapter on the bundled Bitext pairs (policy-routed questions only)."""
+    from layered.tuning.config import TuneConfig
+
+    parts = policy_splits()
     config = TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=steps, batch_size=4, eval_every=max(steps // 2, 1),
                         checkpoint_every=steps, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
     return pipe.fit(parts.train, val=parts.validation[:24], config=config, out_dir=run_dir, progress=progress)

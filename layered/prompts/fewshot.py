@@ -7,6 +7,7 @@ similarity to examples already picked: ``lambda * sim(q, e) - (1 - lambda) * max
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ def select_examples(
         return list(range(n))
     if embedder is None:
         raise ConfigError(f"few-shot mode {mode!r} needs an embedder: give the pipeline a retriever with one, or use 'fixed'")
-    vectors = np.asarray(embedder.embed([e.question for e in examples]), dtype=np.float32)
+    vectors = _pool_vectors(embedder, tuple(e.question for e in examples))
     query = np.asarray(embedder.embed([question])[0], dtype=np.float32)
     sims = vectors @ query
     if mode == "semantic":
@@ -41,3 +42,9 @@ def select_examples(
     else:
         raise ConfigError(f"unknown few-shot mode {mode!r} (use fixed, semantic or mmr)")
     return [int(i) for i in reversed(picked)]
+
+
+@lru_cache(maxsize=8)
+def _pool_vectors(embedder: Any, questions: tuple[str, ...]) -> np.ndarray:
+    """The example pool's embeddings, computed once per embedder and pool (not once per question)."""
+    return np.asarray(embedder.embed(list(questions)), dtype=np.float32)

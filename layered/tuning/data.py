@@ -50,6 +50,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     raise DocumentLoadError(f"{path}: training data must be .jsonl or .csv")
 
 
+def columns(path: str | Path) -> list[str]:
+    """The column names of a JSONL/CSV dataset (its first row's keys)."""
+    rows = _rows(Path(path))
+    if not rows:
+        raise EmptyDatasetError(f"{path}: the dataset is empty")
+    return list(rows[0])
+
+
 def load_examples(
     path: str | Path, *, question_field: str | None = None, answer_field: str | None = None, keep: Sequence[str] = (),
 ) -> list[Example]:

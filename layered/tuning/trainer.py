@@ -82,17 +82,35 @@ def _collate(features: Sequence[Features], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _keeps_logits(model: Any) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep`` (transformers causal LMs do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def _token_loss(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[Any, int]:
-    """Sum of per-token cross-entropy over answer tokens, and their count."""
+    """Sum of per-token cross-entropy over answer tokens, and their count.
+
+    Only positions that predict an answer token (in any row) are projected onto the
+    vocabulary: with RAG prompts most positions are passages, and the vocabulary projection
+    and its float copy dominate memory (4 x 1,200 x 49k logits: 1.3 GB, vs ~0.2 GB kept).
+    """
     import torch
     import torch.nn.functional as F
 
+    labels = batch["labels"][:, 1:]
+    options: dict[str, Any] = {}
+    keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(-1)  # position p predicts token p + 1
+    if _keeps_logits(model) and len(keep):
+        options["logits_to_keep"], labels = keep, labels[:, keep]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss, int((shift_labels != IGNORE).sum())
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options).logits
+    if not options:
+        logits = logits[:, :-1]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, int((labels != IGNORE).sum())
 
 
 def evaluate_loss(model: Any, features: Sequence[Features], *, pad_id: int, batch_size: int = 8, bf16: bool = False) -> float:

@@ -82,3 +82,23 @@ def test_eval_retrieval_cli_on_a_beir_folder(tmp_path, docs):
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"bm25", "dense", "hybrid"}
     assert all(0.5 < r["ndcg@10"] <= 1.0 and r["queries"] == 10 for r in results.values())
+
+
+def test_demo_support_trains_once_then_routes_from_the_cache(tmp_path):
+    """First run indexes, trains the policy adapter (a few steps here) and caches it; the second reuses it."""
+    cache = tmp_path / "support"
+    args = ("demo", "support", "--cache-dir", str(cache), "--steps", "2", "--max-new-tokens", "16",
+            "--question", "How do I cancel my order?", "--question", "What is the warranty on the TrailMaster X4 Tent?")
+    first = _layered(*args)
+    assert first.returncode == 0, first.stderr
+    assert "training the policy adapter (2 steps)" in first.stderr and "built, tuned and saved" in first.stderr
+    assert (cache / "generator" / "adapters" / "policy.safetensors").is_file()
+    assert "[adapter: policy]" in first.stdout and "[adapter: base]" in first.stdout
+    sources = [line.split() for line in first.stdout.splitlines() if line.lstrip(" *").startswith("[")]
+    # Routed scopes: the cancel question searches the ABCD guidelines, the tent one the manuals.
+    assert any(s[1].startswith("abcd/") for s in sources) and any("abcd/" not in s[1] for s in sources)
+
+    second = _layered(*args)
+    assert second.returncode == 0, second.stderr
+    assert "reusing the cached pipeline" in second.stderr and "first run" not in second.stderr
+    assert second.stdout == first.stdout

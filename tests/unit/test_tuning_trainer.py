@@ -109,3 +109,28 @@ def test_bf16_autocast_keeps_the_loss_within_tolerance_of_fp32(tmp_path, tiny_mo
     (b32, v32, t32), (b16, v16, t16) = results["float32"], results["bfloat16"]
     assert b32 == b16 and v32 < b32 - 0.5  # same start, and fp32 really learned
     assert abs(v16 - v32) / v32 < 0.02 and abs(t16 - t32) / t32 < 0.02  # bf16 ends where fp32 does (validation in fp32)
+
+
+def test_loss_on_kept_logits_equals_the_loss_on_all_logits(tiny_model_dir):
+    """Projecting only answer-predicting positions onto the vocabulary changes nothing but the cost."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from layered.tuning.trainer import _keeps_logits, _token_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert _keeps_logits(model)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[2, 30:] = 0  # a shorter, padded row
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 25:40], labels[1, 33:40], labels[2, 20:30] = ids[0, 25:40], ids[1, 33:40], ids[2, 20:30]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        loss, n = _token_loss(model, batch, bf16=False)
+        full = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        expected = F.cross_entropy(full.reshape(-1, full.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+    assert n == 15 + 7 + 10
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -1,0 +1,225 @@
+"""The strategy comparison: prompting vs few-shot vs RAG vs RAG + a tuned adapter, measured.
+
+All strategies share the pipeline's parts (one base model, one retriever, one prompt), so
+each row isolates what a layer adds:
+
+* ``prompt-only``: the pipeline's prompt, no passages, no examples, base model (zero-shot);
+* ``few-shot``: the same plus ``shots`` worked examples from the *training* split, picked
+  per question by similarity in the retriever's vector space (base model);
+* ``rag``: retrieved passages, zero-shot, base model;
+* ``rag+adapter``: retrieved passages answered by the tuned adapter.
+
+Per strategy (see :class:`StrategyResult`): retrieval hit rate and MRR of the passages in the
+prompt, token F1 and ROUGE-L against the reference answer, citation precision, refusals,
+latency and cost in tokens. Retrieval metrics and citation precision need relevance
+judgements: an example lists its relevant document ids in ``metadata["doc_ids"]``; without
+them those columns are ``None`` (shown as n/a).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from layered.errors import ConfigError, InputError
+from layered.evaluation.answers import rouge_l, token_f1
+from layered.types import Answer, Example
+
+STRATEGIES = ("prompt-only", "few-shot", "rag", "rag+adapter")
+#: The adapter name that means "the base model, no adapter" (see layered.generation.adapters).
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """Means over the test questions (rates in 0..1; ``None``: not applicable or not judged).
+
+    ``recall`` is the share of questions with a relevant document among the prompt's
+    passages; ``mrr`` the mean reciprocal rank of the first one. ``citation_precision`` is
+    the share of all citations the answers show (cited by the model, or attributed by
+    overlap when it cites none) that point to a relevant document. ``latency_s`` is the mean
+    wall time of one ``ask`` (retrieval + generation); ``prompt_tokens`` and
+    ``completion_tokens`` are the mean tokens in and out (the cost).
+    """
+
+    strategy: str
+    questions: int
+    token_f1: float
+    rouge_l: float
+    recall: float | None
+    mrr: float | None
+    citation_precision: float | None
+    refused: float
+    latency_s: float
+    prompt_tokens: float
+    completion_tokens: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def strategy_setups(
+    pipe: Any, *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None, shots: int = 2,
+    strategies: Sequence[str] = STRATEGIES,
+) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each strategy as ``(pipeline, ask options)``, sharing ``pipe``'s generator and retriever.
+
+    ``adapter`` names the tuned adapter for ``rag+adapter`` (None: the generator's default
+    adapter); the other strategies ask for the base model. The prompt's own few-shot
+    examples are removed everywhere except ``few-shot``, where ``few_shot_pool`` replaces them.
+    """
+    from layered.pipeline import Pipeline
+    from layered.prompts.template import ChatPromptTemplate, FewShotExample
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    if not isinstance(pipe.prompt, ChatPromptTemplate):
+        raise ConfigError(f"the comparison varies a ChatPromptTemplate; this pipeline's prompt is a {type(pipe.prompt).__name__}")
+    needs_retriever = {"rag", "rag+adapter"} & set(strategies)
+    if needs_retriever and pipe.retriever is None:
+        raise ConfigError(f"{' and '.join(sorted(needs_retriever))} need a pipeline with a retriever")
+    tuned = adapter or getattr(pipe.generator, "default_adapter", None)
+    if "rag+adapter" in strategies and (tuned is None or tuned not in getattr(pipe.generator, "adapters", {})):
+        raise ConfigError("rag+adapter needs a tuned adapter on the generator: fit the pipeline or add_adapter() first")
+    if "few-shot" in strategies and not few_shot_pool:
+        raise InputError("few-shot needs a pool of training examples to choose the shots from")
+    zero_shot = pipe.prompt.model_copy(update={"examples": []})
+    pool = [FewShotExample(question=e.question, answer=e.answer) for e in few_shot_pool]
+    few_shot = pipe.prompt.model_copy(update={"examples": pool, "shots": shots, "few_shot": "semantic"})
+    # Base-model rows name "base" only when the generator has adapters to switch off.
+    base = {"adapter": BASE} if getattr(pipe.generator, "adapters", None) else {}
+
+    def variant(prompt: Any, *, refuse: bool) -> Any:
+        return Pipeline(generator=pipe.generator, retriever=pipe.retriever, prompt=prompt, k=pipe.k, metadata=pipe.metadata,
+                        min_score=pipe.min_score if refuse else None, refusal=pipe.refusal)
+
+    setups = {
+        # k=0: no passages. The retriever stays so few-shot selection can use its embedder.
+        "prompt-only": (variant(zero_shot, refuse=False), {**base, "k": 0}),
+        "few-shot": (variant(few_shot, refuse=False), {**base, "k": 0}),
+        "rag": (variant(zero_shot, refuse=True), dict(base)),
+        "rag+adapter": (variant(zero_shot, refuse=True), {"adapter": tuned}),
+    }
+    return {name: setups[name] for name in strategies}
+
+
+def score_answers(
+    answers: Sequence[Answer], examples: Sequence[Example], seconds: Sequence[float], *, strategy: str, retrieved: bool,
+) -> StrategyResult:
+    """Aggregate one strategy's answers to ``examples`` (same order) into a :class:`StrategyResult`."""
+    if len(answers) != len(examples) or len(seconds) != len(examples):
+        raise InputError("answers, examples and timings must line up one to one")
+    judged = bool(examples) and all(e.metadata.get("doc_ids") for e in examples)
+    hits, ranks, cited, relevant_cited = 0, [], 0, 0
+    for answer, example in zip(answers, examples):
+        if not judged:
+            continue
+        relevant = set(example.metadata["doc_ids"])
+        rank = next((s.number for s in answer.sources if s.doc_id in relevant), None)
+        hits += rank is not None
+        ranks.append(1.0 / rank if rank else 0.0)
+        cited += len(answer.citations)
+        relevant_cited += sum(c.doc_id in relevant for c in answer.citations)
+    n = len(examples)
+    usage = [a.generation for a in answers]
+    return StrategyResult(
+        strategy=strategy,
+        questions=n,
+        token_f1=statistics.fmean(token_f1(a.text, e.answer) for a, e in zip(answers, examples)),
+        rouge_l=statistics.fmean(rouge_l(a.text, e.answer) for a, e in zip(answers, examples)),
+        recall=hits / n if judged and retrieved else None,
+        mrr=statistics.fmean(ranks) if judged and retrieved else None,
+        citation_precision=relevant_cited / cited if judged and retrieved and cited else None,
+        refused=sum(bool(a.metadata.get("refused")) for a in answers) / n,
+        latency_s=statistics.fmean(seconds),
+        prompt_tokens=statistics.fmean(g.prompt_tokens if g else 0 for g in usage),
+        completion_tokens=statistics.fmean(g.completion_tokens if g else 0 for g in usage),
+    )
+
+
+def compare(
+    pipe: Any, test: Sequence[Example], *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None,
+    shots: int = 2, strategies: Sequence[str] = STRATEGIES, variables: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> list[StrategyResult]:
+    """Answer every ``test`` question with every strategy and score the answers (see module docstring).
+
+    ``test`` must be held out from whatever trained the adapter and from ``few_shot_pool``;
+    each example's ``variables`` (and then ``variables``) fill the prompt.
+    """
+    if not test:
+        raise InputError("the comparison needs at least one test example")
+    from tqdm.auto import tqdm
+
+    setups = strategy_setups(pipe, few_shot_pool=few_shot_pool, adapter=adapter, shots=shots, strategies=strategies)
+    bar = tqdm(total=len(test) * len(setups), desc="compare", unit="answer", disable=not progress)
+    results = []
+    for name, (variant, options) in setups.items():
+        answers, seconds = [], []
+        for example in test:
+            t = time.perf_counter()
+            answers.append(variant.ask(example.question, **options, **{**(variables or {}), **example.variables}))
+            seconds.append(time.perf_counter() - t)
+            bar.update()
+        results.append(score_answers(answers, test, seconds, strategy=name, retrieved=name.startswith("rag")))
+    bar.close()
+    return results
+
+
+COLUMNS = (
+    ("strategy", "strategy", "{}"), ("token_f1", "token F1", "{:.3f}"), ("rouge_l", "ROUGE-L", "{:.3f}"),
+    ("recall", "hit@k", "{:.3f}"), ("mrr", "MRR", "{:.3f}"), ("citation_precision", "citation precision", "{:.3f}"),
+    ("refused", "refused", "{:.0%}"), ("latency_s", "latency s", "{:.2f}"), ("prompt_tokens", "prompt tokens", "{:.0f}"),
+    ("completion_tokens", "answer tokens", "{:.0f}"),
+)
+
+
+def markdown_table(results: Sequence[StrategyResult]) -> str:
+    """One row per strategy; n/a where a metric does not apply or was not judged."""
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in results:
+        row = r.to_dict()
+        lines.append("| " + " | ".join("n/a" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def bar_chart(results: Sequence[StrategyResult], path: str | Path, *, title: str = "") -> Path:
+    """Save a PNG: answer quality (token F1, ROUGE-L, citation precision) per strategy, and latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from layered.artifacts import atomic_path
+
+    names = [r.strategy for r in results]
+    quality = {"token F1": [r.token_f1 for r in results], "ROUGE-L": [r.rouge_l for r in results],
+               "citation precision": [r.citation_precision or 0.0 for r in results]}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    x, width = np.arange(len(names)), 0.26
+    for i, (label, values) in enumerate(quality.items()):
+        bars = left.bar(x + (i - 1) * width, values, width, label=label)
+        left.bar_label(bars, fmt="%.2f", fontsize=7)
+    left.set_xticks(x, names)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("score (higher is better)")
+    left.legend(fontsize=8)
+    left.set_title("answer quality")
+    bars = right.bar(names, [r.latency_s for r in results], color="gray")
+    right.bar_label(bars, fmt="%.2f s", fontsize=7)
+    right.set_ylabel("seconds per question")
+    right.set_title("latency")
+    right.tick_params(axis="x", labelsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

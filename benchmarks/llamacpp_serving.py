@@ -32,7 +32,7 @@ from layered.generation.adapters import serving
 from layered.generation.llamacpp_generator import LlamaCppGenerator
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
-from layered.tuning.config import TuneConfig
+from layered.tuning.config import ALL_LINEAR, TuneConfig
 from layered.tuning.data import clean, load_examples, split
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "bitext_support_sample.csv"
@@ -90,7 +90,7 @@ def main() -> None:
     gen = TransformersGenerator(max_new_tokens=AGREE)
     pipe = Pipeline(generator=gen, prompt=PROMPT)
     config = TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=args.steps, batch_size=4, eval_every=args.steps,
-                        checkpoint_every=args.steps, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+                        checkpoint_every=args.steps, target_modules=ALL_LINEAR)
     work = Path(tempfile.mkdtemp(prefix="layered-llamacpp-"))
     fit = pipe.fit(parts.train[:160], val=parts.validation[:16], config=config, out_dir=work / "run", progress=False)
     print(f"LoRA: {fit.steps} steps, validation loss {fit.val_losses[0][1]:.3f} -> {fit.val_losses[-1][1]:.3f}")

@@ -19,7 +19,7 @@ from layered import Pipeline
 from layered.evaluation.answers import rouge_l, token_f1
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
-from layered.tuning.config import TuneConfig
+from layered.tuning.config import ALL_LINEAR, TuneConfig
 from layered.tuning.data import clean, data_report, load_examples, split
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "bitext_support_sample.csv"
@@ -48,7 +48,7 @@ def main() -> None:
     pipe = Pipeline(generator=TransformersGenerator(max_new_tokens=96), prompt=PROMPT)
     f1_0, rl_0, before = scores(pipe, test)
     config = TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=args.steps, batch_size=4, eval_every=10,
-                        checkpoint_every=20, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+                        checkpoint_every=20, target_modules=ALL_LINEAR)
     t = time.perf_counter()
     fit = pipe.fit(train, val=val, config=config, out_dir=args.out, progress=True)
     seconds = time.perf_counter() - t

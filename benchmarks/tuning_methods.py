@@ -23,7 +23,7 @@ from pathlib import Path
 from layered import Pipeline
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
-from layered.tuning.config import TuneConfig
+from layered.tuning.config import ALL_LINEAR, TuneConfig
 from layered.tuning.data import clean, load_examples, split
 from layered.tuning.methods import count_parameters
 
@@ -80,7 +80,7 @@ def main() -> None:
         options = dict(METHODS[label])
         options.setdefault("method", label)
         config = TuneConfig(**options, max_steps=args.steps, batch_size=4, eval_every=args.steps, checkpoint_every=args.steps,
-                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+                            target_modules=ALL_LINEAR)
         gen = TransformersGenerator.from_objects(copy.deepcopy(base_model), tokenizer, name=base.model_name, max_new_tokens=NEW_TOKENS)
         pipe = Pipeline(generator=gen, prompt=PROMPT)
         fit = pipe.fit(train, val=val, config=config, out_dir=work / f"{label}.run", progress=False)

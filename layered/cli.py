@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--search", action="store_true",
                      help="auto-PEFT: train LoRA at ranks 8/16 x learning rates 5e-4/2e-3, keep the best on validation")
     cmp.add_argument("--max-new-tokens", type=int, default=96, help="longest answer in tokens (default 96)")
-    cmp.add_argument("--out", help="folder for comparison.md/.json/.png and the training runs")
+    cmp.add_argument("--out", help="write comparison.md/.json/.png here, and the adapter training runs (checkpoints, "
+                                   "loss.png) under OUT/runs; without it the runs are removed")
     cmp.add_argument("--cache-dir", help="bundled tasks: where their pipelines are cached (default: as for demo)")
 
     demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
@@ -422,21 +423,25 @@ def _id_list(value: Any) -> list[str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is None:  # training runs go to a scratch folder that is removed afterwards
+        with tempfile.TemporaryDirectory(prefix="layered-compare-") as scratch:
+            return _compare(args, None, Path(scratch))
+    return _compare(args, out, out / "runs")
+
+
+def _compare(args: argparse.Namespace, out: Path | None, runs: Path) -> int:
     from layered.artifacts import atomic_write_json, atomic_write_bytes
     from layered.evaluation.comparison import bar_chart, compare, markdown_table
-    from layered.tuning.config import TuneConfig
+    from layered.tuning.config import short_lora
     from layered.tuning.search import base_copy, search_lora
 
-    out = Path(args.out) if args.out else None
-    runs = out if out else Path(tempfile.mkdtemp(prefix="layered-compare-"))
     pipe, splits, adapter = _comparison_task(args)
     pipe.generator.max_new_tokens = args.max_new_tokens
     test = splits.test[: args.test]
     log.info("%d training, %d validation, %d test examples (answering %d)", len(splits.train), len(splits.validation),
              len(splits.test), len(test))
-    config = TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=args.steps, batch_size=4,
-                        eval_every=max(args.steps // 2, 1), checkpoint_every=args.steps,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    config = short_lora(args.steps)
     val = splits.validation[:24]
     search = None
     if adapter is None and args.search:

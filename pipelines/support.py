@@ -120,12 +120,10 @@ def policy_splits() -> Splits:
 
 def train_policy_adapter(pipe: Pipeline, run_dir: Path, *, steps: int = 40, progress: bool = False) -> Any:
     """Tune the ``policy`` adapter on the bundled Bitext pairs (policy-routed questions only)."""
-    from layered.tuning.config import TuneConfig
+    from layered.tuning.config import short_lora
 
     parts = policy_splits()
-    config = TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=steps, batch_size=4, eval_every=max(steps // 2, 1),
-                        checkpoint_every=steps, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
-    return pipe.fit(parts.train, val=parts.validation[:24], config=config, out_dir=run_dir, progress=progress)
+    return pipe.fit(parts.train, val=parts.validation[:24], config=short_lora(steps), out_dir=run_dir, progress=progress)
 
 
 def ask(pipe: Pipeline, question: str, **slots: Any) -> Answer:

@@ -97,7 +97,7 @@ def strategy_setups(
         return Pipeline(generator=pipe.generator, retriever=pipe.retriever, prompt=prompt, k=pipe.k, metadata=pipe.metadata,
                         min_score=pipe.min_score if refuse else None, refusal=pipe.refusal)
 
-    setups = {
+    setups: dict[str, tuple[Any, dict[str, Any]]] = {
         # k=0: no passages. The retriever stays so few-shot selection can use its embedder.
         "prompt-only": (variant(zero_shot, refuse=False), {**base, "k": 0}),
         "few-shot": (variant(few_shot, refuse=False), {**base, "k": 0}),

@@ -52,3 +52,14 @@ class TuneConfig(StrictModel):
         if self.method == "lora" and not self.target_modules:
             raise ValueError("LoRA needs target_modules")
         return self
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+
+
+def short_lora(steps: int) -> TuneConfig:
+    """The short LoRA recipe of the bundled assistants: rank 16 (alpha 32) on every linear
+    layer of a Llama block, learning rate 1e-3, batch 4, ``steps`` optimizer steps, validated
+    half way and at the end, one checkpoint at the end."""
+    return TuneConfig(rank=16, alpha=32, learning_rate=1e-3, max_steps=steps, batch_size=4, eval_every=max(steps // 2, 1),
+                      checkpoint_every=steps, target_modules=list(ALL_LINEAR))

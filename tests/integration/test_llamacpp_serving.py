@@ -14,7 +14,7 @@ import pytest
 from layered import Pipeline
 from layered.generation.llamacpp_generator import LlamaCppGenerator
 from layered.generation.transformers_generator import TransformersGenerator
-from layered.tuning.config import TuneConfig
+from layered.tuning.config import ALL_LINEAR, TuneConfig
 from layered.types import Example
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llamacpp")
     pipe = Pipeline(generator=TransformersGenerator(max_new_tokens=16, repetition_penalty=1.0))
     config = TuneConfig(rank=8, alpha=16, learning_rate=3e-3, max_steps=12, batch_size=8, eval_every=12, checkpoint_every=12,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+                        target_modules=ALL_LINEAR)
     pipe.fit(TRAIN[:20], val=TRAIN[20:], config=config, out_dir=folder / "run", progress=False, check_forgetting=False)
     return pipe, folder
 

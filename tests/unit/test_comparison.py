@@ -16,7 +16,7 @@ from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.tuning.config import TuneConfig
 from layered.tuning.search import base_copy, search_lora
-from layered.types import Answer, Chunk, Citation, Document, Example, Generation
+from layered.types import Answer, Citation, Document, Example, Generation
 
 COLOURS = ["red", "blue", "green"]
 DOCS = [Document(id=f"item{i}", text=f"Item {i} is painted {COLOURS[i % 3]}.", source="catalogue") for i in range(40)]

@@ -141,6 +141,32 @@ def score_answers(
     )
 
 
+def evaluate_pipeline(
+    pipe: Any, examples: Sequence[Example], *, label: str = "pipeline", variables: Mapping[str, Any] | None = None,
+    progress: Any = False, **ask_options: Any,
+) -> StrategyResult:
+    """Answer each example with ``pipe.ask(question, **ask_options, **variables)`` and score the answers.
+
+    ``progress`` is a bool or an open tqdm bar to advance. Each example's own
+    ``variables`` win over ``variables``.
+    """
+    if not examples:
+        raise InputError("the evaluation needs at least one example")
+    from tqdm.auto import tqdm
+
+    bar = progress if hasattr(progress, "update") else tqdm(total=len(examples), desc=label, unit="answer", disable=not progress)
+    answers, seconds = [], []
+    for example in examples:
+        t = time.perf_counter()
+        answers.append(pipe.ask(example.question, **ask_options, **{**(variables or {}), **example.variables}))
+        seconds.append(time.perf_counter() - t)
+        bar.update()
+    if bar is not progress:
+        bar.close()
+    retrieved = pipe.retriever is not None and ask_options.get("k") != 0
+    return score_answers(answers, examples, seconds, strategy=label, retrieved=retrieved)
+
+
 def compare(
     pipe: Any, test: Sequence[Example], *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None,
     shots: int = 2, strategies: Sequence[str] = STRATEGIES, variables: Mapping[str, Any] | None = None,
@@ -156,18 +182,9 @@ def compare(
     from tqdm.auto import tqdm
 
     setups = strategy_setups(pipe, few_shot_pool=few_shot_pool, adapter=adapter, shots=shots, strategies=strategies)
-    bar = tqdm(total=len(test) * len(setups), desc="compare", unit="answer", disable=not progress)
-    results = []
-    for name, (variant, options) in setups.items():
-        answers, seconds = [], []
-        for example in test:
-            t = time.perf_counter()
-            answers.append(variant.ask(example.question, **options, **{**(variables or {}), **example.variables}))
-            seconds.append(time.perf_counter() - t)
-            bar.update()
-        results.append(score_answers(answers, test, seconds, strategy=name, retrieved=name.startswith("rag")))
-    bar.close()
-    return results
+    with tqdm(total=len(test) * len(setups), desc="compare", unit="answer", disable=not progress) as bar:
+        return [evaluate_pipeline(variant, test, label=name, variables=variables, progress=bar, **options)
+                for name, (variant, options) in setups.items()]
 
 
 COLUMNS = (

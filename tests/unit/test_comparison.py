@@ -84,6 +84,9 @@ def test_compare_measures_every_strategy_and_the_adapter_helps(tuned, tmp_path):
     assert all(r.latency_s > 0 and r.completion_tokens > 0 for r in results)
     # The randomly initialised base model babbles; the adapter learned the answer's form.
     assert by["rag+adapter"].token_f1 > by["rag"].token_f1 + 0.2
+    # Pipeline.evaluate scores the pipeline as it serves: the same numbers as the matching rows.
+    assert tuned.evaluate(TEST).token_f1 == by["rag+adapter"].token_f1
+    assert tuned.evaluate(TEST, adapter="base").rouge_l == by["rag"].rouge_l
     table = markdown_table(results)
     assert table.count("\n") == 5 and "| prompt-only |" in table and "n/a" in table
     png = bar_chart(results, tmp_path / "c.png", title="tiny")
@@ -125,6 +128,8 @@ def test_bad_setups_are_refused(tiny_generator):
         strategy_setups(Pipeline(generator=tiny_generator), strategies=["rag"])
     with pytest.raises(InputError, match="at least one test example"):
         compare(pipe, [], strategies=["prompt-only"])
+    with pytest.raises(InputError, match="at least one example"):
+        pipe.evaluate([])
 
 
 def test_auto_peft_keeps_the_configuration_with_the_lowest_validation_loss(tiny_generator, tmp_path):

@@ -415,6 +415,9 @@ def _comparison_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     if keep:  # JSONL gives a list; CSV a comma-separated string
         examples = [dataclasses.replace(e, metadata={"doc_ids": _id_list(e.metadata["doc_ids"])}) for e in examples]
     adapter = getattr(pipe.generator, "default_adapter", None)
+    if adapter is not None:
+        log.warning("comparing the pipeline's own adapter %r as it is: the scores are fair only if it never trained "
+                    "on this data's test split (split 80/10/10 with seed 0)", adapter)
     return pipe, split(examples, validation=0.1, test=0.1, seed=0), adapter
 
 

@@ -216,12 +216,12 @@ def bar_chart(results: Sequence[StrategyResult], path: str | Path, *, title: str
 
     names = [r.strategy for r in results]
     quality = {"token F1": [r.token_f1 for r in results], "ROUGE-L": [r.rouge_l for r in results],
-               "citation precision": [r.citation_precision or 0.0 for r in results]}
+               "citation precision": [r.citation_precision for r in results]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     x, width = np.arange(len(names)), 0.26
     for i, (label, values) in enumerate(quality.items()):
-        bars = left.bar(x + (i - 1) * width, values, width, label=label)
-        left.bar_label(bars, fmt="%.2f", fontsize=7)
+        bars = left.bar(x + (i - 1) * width, [np.nan if v is None else v for v in values], width, label=label)
+        left.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=7)
     left.set_xticks(x, names)
     left.set_ylim(0, 1.05)
     left.set_ylabel("score (higher is better)")

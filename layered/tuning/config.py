@@ -43,6 +43,9 @@ class TuneConfig(StrictModel):
     # "auto": bf16 autocast when the CPU has native bf16. Measured here
     # (benchmarks/training_throughput.py): 2.1x the fp32 tokens/s, loss 1.211 vs 1.207 fp32.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Recompute activations in the backward pass instead of keeping them: less memory on long
+    # (RAG) prompts for more compute; see benchmarks/training_memory.py for the trade here.
+    gradient_checkpointing: bool = False
     checkpoint_every: int = Field(default=20, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
     seed: int = 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from layered.artifacts import atomic_write_bytes
-from layered.errors import InputError
+from layered.errors import ConfigError, InputError
 from layered.hardware import cpu_supports_bf16
 from layered.tuning.checkpoints import complete_checkpoints, load_checkpoint, save_checkpoint
 from layered.tuning.config import TuneConfig
@@ -154,6 +154,17 @@ def _plot(metrics: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _recompute_activations(model: Any, on: bool) -> None:
+    """Switch activation (gradient) checkpointing on or off, by its transformers 5 name or the older one."""
+    names = ("activation_checkpointing_enable", "gradient_checkpointing_enable") if on else \
+        ("activation_checkpointing_disable", "gradient_checkpointing_disable")
+    switch = next((getattr(model, n) for n in names if hasattr(model, n)), None)
+    if switch is None:
+        raise ConfigError(f"{type(model).__name__} cannot recompute activations; set gradient_checkpointing=false")
+    # Non-reentrant checkpointing also works when the (frozen) embeddings need no gradient.
+    switch({"use_reentrant": False}) if on else switch()
+
+
 def train(
     model: Any,
     train_set: Sequence[Features],
@@ -202,6 +213,8 @@ def train(
         loop = load_checkpoint(found[-1], model=model, optimizer=optimizer, scheduler=scheduler)
         resumed_from = loop["step"]
         log.info("resuming from %s (step %d)", found[-1].name, loop["step"])
+    if config.gradient_checkpointing:
+        _recompute_activations(model, True)
     model.train()
     started = time.perf_counter()
     tokens_this_run = 0
@@ -247,6 +260,8 @@ def train(
         if loop["batch"] >= len(batches):
             loop["epoch"], loop["batch"] = loop["epoch"] + 1, 0
     bar.close()
+    if config.gradient_checkpointing:
+        _recompute_activations(model, False)
     seconds = time.perf_counter() - started
     atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["metrics"]).encode())
     _plot(loop["metrics"], out / "loss.png")

@@ -134,3 +134,23 @@ def test_loss_on_kept_logits_equals_the_loss_on_all_logits(tiny_model_dir):
         expected = F.cross_entropy(full.reshape(-1, full.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
     assert n == 15 + 7 + 10
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_gradient_checkpointing_trains_the_same_lora(tmp_path, tiny_model_dir, smol_tokenizer):
+    """Recomputing activations changes memory and time, not the result (LoRA: frozen embeddings)."""
+    from transformers import AutoModelForCausalLM
+
+    from layered.tuning import trainer
+    from layered.tuning.formatting import Features
+    from layered.tuning.methods import apply_method
+
+    feats = [Features(input_ids=r[0], labels=r[1]) for r in _dataset(smol_tokenizer, 24)]
+    losses = {}
+    for recompute in (False, True):
+        config = TuneConfig(rank=4, learning_rate=5e-3, max_steps=4, batch_size=4, eval_every=4, checkpoint_every=4,
+                            dropout=0.0, precision="float32", gradient_checkpointing=recompute)
+        model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+        report = trainer.train(model, feats[:20], feats[20:], config, out_dir=tmp_path / str(recompute), pad_id=0, progress=False)
+        assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # off again for serving
+        losses[recompute] = (report.train_loss, report.val_losses[-1][1])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)

@@ -26,11 +26,10 @@ from typing import Any, Mapping, Sequence
 
 from layered.errors import ConfigError, InputError
 from layered.evaluation.answers import rouge_l, token_f1
+from layered.generation.adapters import BASE
 from layered.types import Answer, Example
 
 STRATEGIES = ("prompt-only", "few-shot", "rag", "rag+adapter")
-#: The adapter name that means "the base model, no adapter" (see layered.generation.adapters).
-BASE = "base"
 
 
 @dataclass(frozen=True)

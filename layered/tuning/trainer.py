@@ -213,7 +213,7 @@ def train(
         loop = load_checkpoint(found[-1], model=model, optimizer=optimizer, scheduler=scheduler)
         resumed_from = loop["step"]
         log.info("resuming from %s (step %d)", found[-1].name, loop["step"])
-    if config.gradient_checkpointing:
+    if config.recomputes_activations:
         _recompute_activations(model, True)
     model.train()
     started = time.perf_counter()
@@ -260,7 +260,7 @@ def train(
         if loop["batch"] >= len(batches):
             loop["epoch"], loop["batch"] = loop["epoch"] + 1, 0
     bar.close()
-    if config.gradient_checkpointing:
+    if config.recomputes_activations:
         _recompute_activations(model, False)
     seconds = time.perf_counter() - started
     atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["metrics"]).encode())

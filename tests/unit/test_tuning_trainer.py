@@ -87,6 +87,9 @@ def test_config_errors_are_one_line():
         TuneConfig(rank=0)
     with pytest.raises(ConfigError, match="lerning_rate"):
         TuneConfig(lerning_rate=1)
+    with pytest.raises(ConfigError, match="prefix tuning cannot use gradient_checkpointing"):
+        TuneConfig(method="prefix", gradient_checkpointing=True)
+    assert TuneConfig().recomputes_activations and not TuneConfig(method="prefix").recomputes_activations
 
 
 def test_bf16_autocast_keeps_the_loss_within_tolerance_of_fp32(tmp_path, tiny_model_dir, smol_tokenizer):

@@ -332,8 +332,16 @@ class Pipeline:
         others = [a for a in getattr(self.generator, "adapters", {}) if a != getattr(self.generator, "default_adapter", None)]
         if others or self.router is not None:
             log.warning("llama.cpp serves only the default adapter; %s and the router stay with the transformers backend", others)
-        return Pipeline(generator=generator, retriever=self.retriever, prompt=self.prompt, k=self.k,
-                        metadata=self.metadata, router=None, min_score=self.min_score, refusal=self.refusal)
+        return self.replace(generator=generator, router=None)
+
+    def replace(self, **changes: Any) -> "Pipeline":
+        """A new pipeline sharing this one's parts and settings except ``changes`` (constructor names)."""
+        current = {"generator": self.generator, "retriever": self.retriever, "prompt": self.prompt, "k": self.k,
+                   "metadata": self.metadata, "router": self.router, "min_score": self.min_score, "refusal": self.refusal}
+        unknown = sorted(set(changes) - set(current))
+        if unknown:
+            raise ConfigError(f"Pipeline.replace: unknown part(s) {', '.join(unknown)}; known: {', '.join(current)}")
+        return Pipeline(**{**current, **changes})
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from layered.errors import ConfigError, InputError
 from layered.evaluation.answers import rouge_l, token_f1
+from layered.evaluation.retrieval import mrr_at_k
 from layered.generation.adapters import BASE
 from layered.types import Answer, Example
 
@@ -70,7 +71,6 @@ def strategy_setups(
     adapter); the other strategies ask for the base model. The prompt's own few-shot
     examples are removed everywhere except ``few-shot``, where ``few_shot_pool`` replaces them.
     """
-    from layered.pipeline import Pipeline
     from layered.prompts.template import ChatPromptTemplate, FewShotExample
 
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -93,8 +93,7 @@ def strategy_setups(
     base = {"adapter": BASE} if getattr(pipe.generator, "adapters", None) else {}
 
     def variant(prompt: Any, *, refuse: bool) -> Any:
-        return Pipeline(generator=pipe.generator, retriever=pipe.retriever, prompt=prompt, k=pipe.k, metadata=pipe.metadata,
-                        min_score=pipe.min_score if refuse else None, refusal=pipe.refusal)
+        return pipe.replace(prompt=prompt, router=None, min_score=pipe.min_score if refuse else None)
 
     setups: dict[str, tuple[Any, dict[str, Any]]] = {
         # k=0: no passages. The retriever stays so few-shot selection can use its embedder.
@@ -118,9 +117,10 @@ def score_answers(
         if not judged:
             continue
         relevant = set(example.metadata["doc_ids"])
-        rank = next((s.number for s in answer.sources if s.doc_id in relevant), None)
-        hits += rank is not None
-        ranks.append(1.0 / rank if rank else 0.0)
+        # Sources are the prompt's passages in order: the rank counts passages, not documents.
+        reciprocal = mrr_at_k([s.doc_id for s in answer.sources], dict.fromkeys(relevant, 1), len(answer.sources))
+        hits += reciprocal > 0
+        ranks.append(reciprocal)
         cited += len(answer.citations)
         relevant_cited += sum(c.doc_id in relevant for c in answer.citations)
     n = len(examples)

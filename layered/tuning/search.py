@@ -48,11 +48,7 @@ class SearchResult:
 
 def base_copy(pipe: Any) -> Any:
     """A pipeline sharing ``pipe``'s retriever, prompt and settings with a fresh, untuned generator of the same model."""
-    from layered.pipeline import Pipeline
-
-    generator = type(pipe.generator).from_config(pipe.generator.config())
-    return Pipeline(generator=generator, retriever=pipe.retriever, prompt=pipe.prompt, k=pipe.k, metadata=pipe.metadata,
-                    router=pipe.router, min_score=pipe.min_score, refusal=pipe.refusal)
+    return pipe.replace(generator=type(pipe.generator).from_config(pipe.generator.config()))
 
 
 def search_lora(

@@ -175,3 +175,14 @@ def test_a_question_its_sources_do_not_cover_is_refused_not_guessed(tiny_generat
     assert "".join(pipe.stream("zebra quantum violin carburettor")) == "Not in my sources."
     pipe.save(tmp_path / "p")
     assert Pipeline.load(tmp_path / "p").ask("zebra quantum violin carburettor").text == "Not in my sources."
+
+
+def test_replace_shares_every_part_but_the_changed_ones(tiny_generator):
+    from layered.errors import ConfigError
+
+    pipe = Pipeline(generator=tiny_generator, k=3, min_score=0.2, refusal="no", metadata={"a": 1})
+    other = pipe.replace(k=5, min_score=None)
+    assert other is not pipe and other.generator is pipe.generator and other.metadata == {"a": 1}
+    assert (other.k, other.min_score, other.refusal) == (5, None, "no") and (pipe.k, pipe.min_score) == (3, 0.2)
+    with pytest.raises(ConfigError, match="unknown part"):
+        pipe.replace(generater=tiny_generator)

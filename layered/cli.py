@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--max-new-tokens", type=int, default=96, help="longest answer in tokens (default 96)")
     cmp.add_argument("--out", help="write comparison.md/.json/.png here, and the adapter training runs (checkpoints, "
                                    "loss.png) under OUT/runs; without it the runs are removed")
-    cmp.add_argument("--cache-dir", help="bundled tasks: where their pipelines are cached (default: as for demo)")
+    cmp.add_argument("--cache-dir", help="bundled tasks: the cached pipeline's folder, as for demo (default: the demo's)")
 
     demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
                           description="Build (or reuse from the cache) an index over bundled data and answer sample questions.")
@@ -228,12 +228,19 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_cache(args: argparse.Namespace, name: str) -> Path:
+    """The folder a bundled assistant's pipeline is cached in: ``--cache-dir``, else the shared default."""
+    from layered.pipelines import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir() / f"demo-{name}"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.name == "support":
         return _demo_support(args)
-    from layered.pipelines import default_cache_dir, medical
+    from layered.pipelines import medical
 
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "demo-medical"
+    cache = _demo_cache(args, "medical")
     t = time.perf_counter()
     pipe, reused = medical.load_or_build(cache, rebuild=args.rebuild, progress=not args.quiet)
     n = len(pipe.retriever)
@@ -257,9 +264,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_support(args: argparse.Namespace) -> int:
-    from layered.pipelines import default_cache_dir, support
+    from layered.pipelines import support
 
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "demo-support"
+    cache = _demo_cache(args, "support")
     t = time.perf_counter()
     if not (cache.exists() and not args.rebuild):
         log.info("first run: indexing the manuals and guidelines and training the policy adapter (%d steps)", args.steps)
@@ -388,20 +395,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _comparison_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     """``(pipeline, splits, adapter)`` for ``layered compare``: adapter None means train one."""
-    from layered.pipelines import default_cache_dir
-
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if args.task == "medical":
         from layered.pipelines import medical
 
-        pipe, _ = medical.load_or_build(cache / "demo-medical", progress=not args.quiet)
+        pipe, _ = medical.load_or_build(_demo_cache(args, "medical"), progress=not args.quiet)
         return pipe, medical.comparison_splits(), None
     if args.task == "support":
         from layered.pipelines import support
 
         if args.search:  # the search trains its own adapters; the demo's cached one is not needed
             return support.build(progress=not args.quiet), support.policy_splits(), None
-        pipe, _ = support.load_or_build(cache / "demo-support", progress=not args.quiet)
+        pipe, _ = support.load_or_build(_demo_cache(args, "support"), progress=not args.quiet)
         return pipe, support.policy_splits(), "policy"
     from layered.pipeline import Pipeline
     from layered.tuning.data import clean, columns, load_examples, split

@@ -4,17 +4,19 @@
 
 Tunes a LoRA adapter on the bundled Bitext pairs (SmolLM2-135M-Instruct, through
 ``Pipeline.fit``), exports it to a GGUF LoRA, and on held-out questions (the same token ids
-for both backends) reports:
+for both backends) reports, for llama.cpp serving the Q4_1 GGUF's weights widened to F16
+(the default) and as stored (``precision="native"``):
 
 - agreement: how many of the prompts give the same first 16 greedy token ids with
   llama.cpp + GGUF adapter as with transformers + PEFT adapter (repetition penalty off);
   two controls: llama.cpp without the adapter against the same transformers outputs (is
   the adapter applied at all?) and the two base models against each other (how much the
-  backends' own arithmetic differs: llama.cpp quantises activations to 8 bits);
+  backends' own arithmetic differs: on native Q4_1 weights llama.cpp quantises activations
+  to 8 bits);
 - fidelity of the export: the shift the adapter causes in the next-token logits, llama.cpp
   (with minus without the GGUF adapter) against transformers (with minus without PEFT);
-- speed: generated tokens per second of llama.cpp + adapter and of transformers with the
-  LoRA merged into its weights, on the same prompts.
+- speed: generated tokens per second of llama.cpp + adapter (both weight precisions) and of
+  transformers with the LoRA merged into its weights, on the same prompts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from layered import Pipeline
 from layered.generation.adapters import serving
-from layered.generation.llamacpp_generator import LlamaCppGenerator
+from layered.generation.llamacpp_generator import PRECISIONS, LlamaCppGenerator
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.config import ALL_LINEAR, TuneConfig
@@ -94,38 +96,39 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="layered-llamacpp-"))
     fit = pipe.fit(parts.train[:160], val=parts.validation[:16], config=config, out_dir=work / "run", progress=False)
     print(f"LoRA: {fit.steps} steps, validation loss {fit.val_losses[0][1]:.3f} -> {fit.val_losses[-1][1]:.3f}")
-    served = pipe.serve_with("llamacpp", adapter_dir=work)
-    plain = LlamaCppGenerator(max_new_tokens=AGREE)
     questions = [e.question for e in (parts.test + parts.validation[16:])][: args.prompts]
     prompts = [gen.encode(pipe.build_prompt(q))["input_ids"][0].tolist() for q in questions]
-
     reference = [hf_tokens(gen, ids, AGREE) for ids in prompts]
-    with_adapter = [cpp_tokens(served.generator, ids, AGREE) for ids in prompts]
-    without = [cpp_tokens(plain, ids, AGREE) for ids in prompts]
     with serving(gen.model, None):
         base_reference = [hf_tokens(gen, ids, AGREE) for ids in prompts]
+    served = {p: pipe.serve_with("llamacpp", adapter_dir=work, precision=p).generator for p in PRECISIONS}
     n = len(prompts)
-    print(f"\nagreement on the first {AGREE} greedy tokens, {n} prompts:")
-    print(f"  llama.cpp + exported GGUF LoRA vs transformers + PEFT LoRA: {sum(map(list.__eq__, reference, with_adapter))}/{n}")
-    print(f"  control: llama.cpp without the adapter vs the same:         {sum(map(list.__eq__, reference, without))}/{n}")
-    print(f"  control: the two base models (no adapters) vs each other:   {sum(map(list.__eq__, base_reference, without))}/{n}")
-    cosines = []
-    for ids in prompts:
-        shift_hf = hf_logits(gen, ids, "default") - hf_logits(gen, ids, None)
-        shift_cpp = cpp_logits(served.generator, ids) - cpp_logits(plain, ids)
-        cosines.append(float(shift_hf @ shift_cpp / (np.linalg.norm(shift_hf) * np.linalg.norm(shift_cpp))))
-    print(f"  adapter's next-token logit shift, llama.cpp vs transformers: cosine median {statistics.median(cosines):.4f}, "
-          f"min {min(cosines):.4f}")
+    print(f"\nagreement with transformers on the first {AGREE} greedy tokens, {n} prompts, by llama.cpp weights:\n")
+    print("| llama.cpp weights | + exported LoRA vs + PEFT LoRA | control: no adapter vs the same | control: base vs base "
+          "| adapter's logit shift, cosine median (min) |\n|---|---|---|---|---|")
+    for precision, fast in served.items():
+        plain = LlamaCppGenerator(max_new_tokens=AGREE, precision=precision)
+        with_adapter = [cpp_tokens(fast, ids, AGREE) for ids in prompts]
+        without = [cpp_tokens(plain, ids, AGREE) for ids in prompts]
+        cosines = []
+        for ids in prompts:
+            shift_hf = hf_logits(gen, ids, "default") - hf_logits(gen, ids, None)
+            shift_cpp = cpp_logits(fast, ids) - cpp_logits(plain, ids)
+            cosines.append(float(shift_hf @ shift_cpp / (np.linalg.norm(shift_hf) * np.linalg.norm(shift_cpp))))
+        print(f"| {precision} | {sum(map(list.__eq__, reference, with_adapter))}/{n} | {sum(map(list.__eq__, reference, without))}/{n} "
+              f"| {sum(map(list.__eq__, base_reference, without))}/{n} | {statistics.median(cosines):.4f} ({min(cosines):.4f}) |")
 
     gen.merge_adapter()
+    runs = {"transformers + merged LoRA": lambda ids: hf_tokens(gen, ids, args.tokens)}
+    for precision, fast in served.items():
+        runs[f"llama.cpp ({precision}) + GGUF LoRA"] = lambda ids, fast=fast: cpp_tokens(fast, ids, args.tokens)
     timings = {}
-    for label, run in (("transformers + merged LoRA", lambda ids: hf_tokens(gen, ids, args.tokens)),
-                       ("llama.cpp + GGUF LoRA", lambda ids: cpp_tokens(served.generator, ids, args.tokens))):
+    for label, run in runs.items():
         run(prompts[0])  # warm-up
-        t, n = time.perf_counter(), 0
+        t, count = time.perf_counter(), 0
         for ids in prompts:
-            n += len(run(ids))
-        timings[label] = n / (time.perf_counter() - t)
+            count += len(run(ids))
+        timings[label] = count / (time.perf_counter() - t)
     base = timings["transformers + merged LoRA"]
     print("\n| backend | tokens/s | speed-up |\n|---|---|---|")
     for label, rate in timings.items():

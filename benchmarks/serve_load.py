@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from layered.pipelines import default_cache_dir, medical
+from layered.models import cache_dir
+from layered.pipelines import medical
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="max new tokens per answer")
     args = ap.parse_args()
 
-    pipe, _ = medical.load_or_build(default_cache_dir() / "demo-medical")
+    pipe, _ = medical.load_or_build(cache_dir() / "demo-medical")
     pipe.generator.max_new_tokens = args.tokens
     folder = Path(tempfile.mkdtemp(prefix="layered-load-")) / "pipeline"
     pipe.save(folder)

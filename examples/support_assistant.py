@@ -10,10 +10,11 @@ product questions to the base model and the manuals. Bitext answers use {{Slot}}
 
 import sys
 
-from layered.pipelines import default_cache_dir, support
+from layered.models import cache_dir
+from layered.pipelines import support
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 40
-pipe, reused = support.load_or_build(default_cache_dir() / "demo-support", steps=steps, progress=True)
+pipe, reused = support.load_or_build(cache_dir() / "demo-support", steps=steps, progress=True)
 print(f"{'reused the cached' if reused else 'built and tuned the'} support pipeline; adapters: {list(pipe.generator.adapters)}\n")
 
 questions = [

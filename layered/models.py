@@ -82,6 +82,13 @@ def resolve(model: str) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """Where layered caches what it derives from models and data (demo pipelines, widened GGUFs):
+    ``$LAYERED_CACHE``, else ``$XDG_CACHE_HOME/layered``, else ``~/.cache/layered``."""
+    root = os.environ.get("LAYERED_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layered"
+    return Path(root)
+
+
 def force_offline() -> None:
     """Make sure Hugging Face libraries never try the network (air-gapped by design)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

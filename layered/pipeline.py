@@ -315,8 +315,9 @@ class Pipeline:
     def serve_with(self, backend: str, **options: Any) -> "Pipeline":
         """This pipeline (same prompt, retriever and k) answering with another generator backend.
 
-        ``"llamacpp"`` from a transformers generator: llama.cpp on the same GGUF with the
-        default adapter exported to a GGUF LoRA (4.5x the tokens/s here; ``options`` go to
+        ``"llamacpp"`` from a transformers generator: llama.cpp on the same GGUF (its weights
+        widened to F16 unless ``precision="native"``) with the default adapter exported to a
+        GGUF LoRA (4.3x the tokens/s here, the same greedy answers; ``options`` go to
         ``LlamaCppGenerator.from_generator``). llama.cpp applies one adapter at load time, so
         other adapters and the router stay with the transformers pipeline. Asking for the
         backend the pipeline already has returns the pipeline itself.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -12,6 +14,19 @@ from layered.types import Document
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
 MEDQUAD_SAMPLE = REPO / "pipelines" / "data" / "medquad_sample.jsonl"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Iterator[Path]:
+    """The tests' own ``LAYERED_CACHE`` (widened GGUFs, demo pipelines): never the user's."""
+    folder = tmp_path_factory.mktemp("layered-cache")
+    before = os.environ.get("LAYERED_CACHE")
+    os.environ["LAYERED_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["LAYERED_CACHE"]
+    else:
+        os.environ["LAYERED_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

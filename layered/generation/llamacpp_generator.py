@@ -5,6 +5,12 @@ transformers tokenizer read from the same GGUF, so llama.cpp sees exactly the to
 transformers generator (and ``Pipeline.fit``) would: train what you serve, serve it fast.
 A LoRA adapter exported to GGUF (:mod:`layered.tuning.export`) is applied at load
 time. Decoding is greedy unless ``temperature > 0``; ``stop`` sequences end the answer.
+
+By default a quantized GGUF is served with its weights widened to F16
+(:mod:`layered.generation.gguf_weights`): llama.cpp then computes what the transformers
+backend (and the trainer) computes, instead of rounding activations to 8 bits.
+``precision="native"`` serves the GGUF's own quantized blocks: faster, and the greedy
+answers drift from the trained model's.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 from layered import models
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
+from layered.generation.gguf_weights import widened
 from layered.types import Generation, Prompt
 
 LORA_FILE = "adapter.gguf"
+PRECISIONS = ("f16", "native")
 
 
 class LlamaCppGenerator:
@@ -29,7 +37,10 @@ class LlamaCppGenerator:
 
     ``repetition_penalty`` is llama.cpp's: it applies to the last 64 tokens (prompt included),
     where transformers applies it to every token so far; 1.0 turns it off in both.
-    ``flash_attn`` (on by default) measured 6-10% more tokens/s here.
+    ``flash_attn`` (on by default) measured 6-10% more tokens/s here. ``precision``: ``"f16"``
+    (default) serves a quantized GGUF's weights widened to 16-bit floats, so the answers are
+    the transformers backend's; ``"native"`` multiplies the quantized blocks as stored (llama.cpp
+    then quantizes activations to 8 bits: 3-14% more tokens/s here, a third of the weight memory).
     """
 
     kind = "llamacpp"
@@ -49,8 +60,11 @@ class LlamaCppGenerator:
         lora: str | Path | None = None,
         lora_scale: float = 1.0,
         flash_attn: bool = True,
+        precision: Literal["f16", "native"] = "f16",
     ) -> None:
         check_budget(max_new_tokens, context_window)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if lora is not None and not Path(lora).is_file():
             raise ConfigError(f"the LoRA adapter {lora} does not exist")
         self.model_name = model
@@ -65,6 +79,7 @@ class LlamaCppGenerator:
         self.lora = Path(lora) if lora is not None else None
         self.lora_scale = lora_scale
         self.flash_attn = flash_attn
+        self.precision = precision
         self._llm: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
@@ -98,12 +113,15 @@ class LlamaCppGenerator:
                     from llama_cpp import Llama
                     from transformers import AutoTokenizer
 
+                    weights = widened(path) if self.precision == "f16" else path
                     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
                     llm = Llama(
-                        model_path=str(path), n_ctx=self.context_window, n_threads=self.threads or os.cpu_count() or 1,
+                        model_path=str(weights), n_ctx=self.context_window, n_threads=self.threads or os.cpu_count() or 1,
                         seed=self.seed, lora_path=str(self.lora) if self.lora else None, lora_scale=self.lora_scale,
                         flash_attn=self.flash_attn, verbose=False,
                     )
+                except ModelNotAvailableError:
+                    raise
                 except (OSError, ValueError, ImportError, RuntimeError) as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ModelNotAvailableError(f"llama.cpp could not load {path}: {first}") from e
@@ -182,6 +200,7 @@ class LlamaCppGenerator:
             "context_window": self.context_window, "temperature": self.temperature, "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty, "stop": self.stop, "seed": self.seed,
             "lora": LORA_FILE if self.lora else None, "lora_scale": self.lora_scale, "flash_attn": self.flash_attn,
+            "precision": self.precision,
         }
 
     def save(self, folder: Path) -> None:
@@ -193,7 +212,7 @@ class LlamaCppGenerator:
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "LlamaCppGenerator":
         options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "top_p", "repetition_penalty",
-                                          "stop", "seed", "lora_scale", "flash_attn") if k in config}
+                                          "stop", "seed", "lora_scale", "flash_attn", "precision") if k in config}
         lora = folder / "generator" / LORA_FILE if config.get("lora") else None
         return cls(config["model"], lora=lora, **options)
 

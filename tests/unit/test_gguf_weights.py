@@ -1,0 +1,63 @@
+"""Widening the packaged Q4_1 GGUF to F16 for llama.cpp: same tensors, same values up to F16
+rounding, made once per cache, and a one-line error when the cache cannot be written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layered import models
+from layered.errors import ConfigError, ModelNotAvailableError
+from layered.generation.gguf_weights import quantized_types, widened
+from layered.generation.llamacpp_generator import LlamaCppGenerator
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_quantized_gguf_is_widened_to_the_same_weights_once(cache):
+    import gguf
+    from gguf.quants import dequantize
+
+    source = models.DEFAULT_GENERATOR.path()
+    copy = widened(source)
+    assert copy.parent == cache / "gguf"
+    before = {t.name: t for t in gguf.GGUFReader(str(source)).tensors}
+    after = {t.name: t for t in gguf.GGUFReader(str(copy)).tensors}
+    assert before.keys() == after.keys()
+    assert {t.tensor_type.name for t in before.values()} == {"Q4_1", "Q8_0", "F32"}  # F32: the norms
+    assert {t.tensor_type.name for t in after.values()} == {"F16", "F32"}
+    for name in ("blk.3.attn_q.weight", "blk.7.ffn_down.weight", "token_embd.weight"):
+        old, new = before[name], after[name]
+        assert new.tensor_type.name == "F16" and old.tensor_type.name != "F16"
+        exact = dequantize(old.data, old.tensor_type).astype(np.float32)
+        assert np.array_equal(np.asarray(new.data).astype(np.float32), exact.astype(np.float16).astype(np.float32))
+
+    stamp = copy.stat().st_mtime_ns
+    assert widened(source) == copy and copy.stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert quantized_types(copy) == set() and widened(copy) == copy  # a float model is served as it is
+
+
+def test_an_unwritable_cache_is_a_one_line_error_and_leaves_nothing(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("LAYERED_CACHE", str(blocker))
+    with pytest.raises(ModelNotAvailableError, match="LAYERED_CACHE") as err:
+        widened(models.DEFAULT_GENERATOR.path())
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelNotAvailableError, match="^cannot write the F16 copy"):  # not wrapped twice
+        LlamaCppGenerator().warm_up()
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_precision_is_checked_and_saved(tmp_path):
+    with pytest.raises(ConfigError, match="precision"):
+        LlamaCppGenerator(precision="q4")  # type: ignore[arg-type]
+    native = LlamaCppGenerator(precision="native")
+    assert native.config()["precision"] == "native"
+    assert LlamaCppGenerator.load(tmp_path, native.config()).precision == "native"
+    assert LlamaCppGenerator().precision == "f16"
+

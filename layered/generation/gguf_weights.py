@@ -5,7 +5,7 @@ blocks directly and, to do so, quantizes the activations to 8 bits (``Q8_1`` for
 weights). On the packaged SmolLM2 Q4_1 model that rounding alone changes the first 16 greedy
 tokens of 10 of 20 prompts; measured here. The same weights widened to F16 (llama.cpp's own
 converter, exact for 4-bit blocks up to F16 rounding) keep activations in floating point: the
-two backends then agree on 20 of 20, at 3% (with a LoRA) to 14% (without) fewer tokens/s
+two backends then agree on 20 of 20, at 3% (with a LoRA) to 12-16% (without) fewer tokens/s
 and 3x the weight memory of Q4_1.
 
 The widened copy is made once (about a second for 135M parameters) and cached under

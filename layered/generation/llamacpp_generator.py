@@ -40,7 +40,7 @@ class LlamaCppGenerator:
     ``flash_attn`` (on by default) measured 6-10% more tokens/s here. ``precision``: ``"f16"``
     (default) serves a quantized GGUF's weights widened to 16-bit floats, so the answers are
     the transformers backend's; ``"native"`` multiplies the quantized blocks as stored (llama.cpp
-    then quantizes activations to 8 bits: 3-14% more tokens/s here, a third of the weight memory).
+    then quantizes activations to 8 bits: 3-16% more tokens/s here, a third of the weight memory).
     """
 
     kind = "llamacpp"

@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     srv.add_argument("--backend", choices=["transformers", "llamacpp"],
-                     help="generator backend (default: as saved); llamacpp runs the same weights and the exported LoRA ~4.3x faster on CPU")
+                     help="generator backend (default: as saved); llamacpp runs the same weights and the exported LoRA ~4x faster on CPU")
     srv.add_argument("--name", default="layered", help="model id reported by /v1/models (default layered)")
     srv.add_argument("--user-header", help="header carrying the user id; when set, retrieval honours document access lists")
     srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated")

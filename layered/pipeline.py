@@ -317,7 +317,7 @@ class Pipeline:
 
         ``"llamacpp"`` from a transformers generator: llama.cpp on the same GGUF (its weights
         widened to F16 unless ``precision="native"``) with the default adapter exported to a
-        GGUF LoRA (4.3x the tokens/s here, the same greedy answers; ``options`` go to
+        GGUF LoRA (4.1-4.3x the tokens/s here, the same greedy answers; ``options`` go to
         ``LlamaCppGenerator.from_generator``). llama.cpp applies one adapter at load time, so
         other adapters and the router stay with the transformers pipeline. Asking for the
         backend the pipeline already has returns the pipeline itself.

@@ -64,8 +64,6 @@ def cpp_tokens(gen: LlamaCppGenerator, ids: list[int], n: int) -> list[int]:
 
 
 def cpp_logits(gen: LlamaCppGenerator, ids: list[int]):
-    import numpy as np
-
     llm = gen._load()[0]
     llm.reset()
     llm.eval(ids)  # without logits_all, only the last position's logits are kept, in the context
@@ -74,8 +72,6 @@ def cpp_logits(gen: LlamaCppGenerator, ids: list[int]):
 
 def hf_logits(gen: TransformersGenerator, ids: list[int], adapter: str | None):
     import torch
-
-    from layered.generation.adapters import serving
 
     with serving(gen.model, adapter), torch.no_grad():
         return gen.model(input_ids=torch.tensor([ids])).logits[0, -1].double().numpy()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -20,13 +19,9 @@ MEDQUAD_SAMPLE = REPO / "pipelines" / "data" / "medquad_sample.jsonl"
 def private_cache(tmp_path_factory) -> Iterator[Path]:
     """The tests' own ``LAYERED_CACHE`` (widened GGUFs, demo pipelines): never the user's."""
     folder = tmp_path_factory.mktemp("layered-cache")
-    before = os.environ.get("LAYERED_CACHE")
-    os.environ["LAYERED_CACHE"] = str(folder)
-    yield folder
-    if before is None:
-        del os.environ["LAYERED_CACHE"]
-    else:
-        os.environ["LAYERED_CACHE"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LAYERED_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,9 @@ import layered
 from layered import registry
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
 from layered.errors import ArtifactError, ConfigError, ContextOverflowError, InputError
-from layered.prompts.grounding import attribute_by_overlap, parse_citations, to_citation
+from layered.prompts.grounding import (
+    attribute_by_overlap, parse_citations, quote_best_passage, sentence_support, to_citation,
+)
 from layered.prompts.injection import injection_suspects
 from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pipeline.json"
 DEFAULT_REFUSAL = "I could not find this in my sources, so I cannot answer it."
+GROUNDING = ("mark", "drop", "off")
 FORMAT_VERSION = 1
 
 
@@ -52,6 +55,7 @@ class Pipeline:
         router: Router | None = None,
         min_score: float | None = None,
         refusal: str = DEFAULT_REFUSAL,
+        grounding: str = "mark",
     ) -> None:
         """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes).
 
@@ -59,7 +63,15 @@ class Pipeline:
         ``min_score``, passages scoring below it are dropped, and a question that keeps no
         passage is answered with ``refusal`` instead of generating (``metadata["refused"]``):
         the scale is the retriever's (cosine for dense retrieval).
+
+        ``grounding`` checks every answer sentence against the passages shown
+        (:func:`~layered.prompts.grounding.sentence_support`): ``"mark"`` reports unsupported
+        sentences in ``answer.metadata["grounding"]``, ``"drop"`` also removes them (and an
+        answer with no supported sentence left quotes the best passage instead), ``"off"``
+        skips the check.
         """
+        if grounding not in GROUNDING:
+            raise ConfigError(f"grounding must be one of {', '.join(GROUNDING)}, not {grounding!r}")
         if not isinstance(generator, Generator):
             raise ConfigError(f"generator must have generate(prompt) and stream(prompt); got {type(generator).__name__}")
         if retriever is not None and not isinstance(retriever, Retriever):
@@ -69,7 +81,7 @@ class Pipeline:
         if router is not None and not isinstance(router, Router):
             raise ConfigError(f"router must have route(question); got {type(router).__name__}")
         self.router = router
-        self.min_score, self.refusal = min_score, refusal
+        self.min_score, self.refusal, self.grounding = min_score, refusal, grounding
         self.generator = generator
         self.retriever = retriever
         self.prompt = prompt if prompt is not None else ChatPromptTemplate()
@@ -236,10 +248,10 @@ class Pipeline:
         prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
         if self._refuses(prompt):
             return Answer(text=self.refusal, metadata={"refused": True, "adapter": None})
-        generation = self.generator.generate(prompt, **chosen)
+        generation = self.generator.generate(prompt, **chosen, **_length(prompt))
         return _answer(
-            generation.text, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
-            adapter=chosen.get("adapter", getattr(self.generator, "default_adapter", None)),
+            question, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
+            adapter=chosen.get("adapter", getattr(self.generator, "default_adapter", None)), grounding=self.grounding,
         )
 
     def stream(
@@ -253,7 +265,7 @@ class Pipeline:
         if self._refuses(prompt):
             yield self.refusal
             return
-        pieces = self.generator.stream(prompt, **chosen)
+        pieces = self.generator.stream(prompt, **chosen, **_length(prompt))
         yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
 
     def _refuses(self, prompt: Prompt) -> bool:
@@ -313,14 +325,13 @@ class Pipeline:
         self.generator.add_adapter(name, config, adapter_file(source, theirs_name), default=default)
 
     def serve_with(self, backend: str, **options: Any) -> "Pipeline":
-        """This pipeline (same prompt, retriever and k) answering with another generator backend.
+        """This pipeline (same prompt, retriever, k and router) answering with another generator backend.
 
         ``"llamacpp"`` from a transformers generator: llama.cpp on the same GGUF (its weights
-        widened to F16 unless ``precision="native"``) with the default adapter exported to a
-        GGUF LoRA (4.1-4.3x the tokens/s here, the same greedy answers; ``options`` go to
-        ``LlamaCppGenerator.from_generator``). llama.cpp applies one adapter at load time, so
-        other adapters and the router stay with the transformers pipeline. Asking for the
-        backend the pipeline already has returns the pipeline itself.
+        widened to F16 unless ``precision="native"``) with every LoRA adapter exported to a
+        GGUF LoRA and switched per request like the transformers ones (4.1-4.3x the tokens/s
+        here, the same greedy answers; ``options`` go to ``LlamaCppGenerator.from_generator``).
+        Asking for the backend the pipeline already has returns the pipeline itself.
         """
         current = getattr(self.generator, "kind", type(self.generator).__name__)
         if backend == current:
@@ -329,16 +340,13 @@ class Pipeline:
             raise ConfigError(f"cannot switch a {current} generator to {backend!r} (known: transformers -> llamacpp)")
         from layered.generation.llamacpp_generator import LlamaCppGenerator
 
-        generator = LlamaCppGenerator.from_generator(self.generator, **options)
-        others = [a for a in getattr(self.generator, "adapters", {}) if a != getattr(self.generator, "default_adapter", None)]
-        if others or self.router is not None:
-            log.warning("llama.cpp serves only the default adapter; %s and the router stay with the transformers backend", others)
-        return self.replace(generator=generator, router=None)
+        return self.replace(generator=LlamaCppGenerator.from_generator(self.generator, **options))
 
     def replace(self, **changes: Any) -> "Pipeline":
         """A new pipeline sharing this one's parts and settings except ``changes`` (constructor names)."""
         current = {"generator": self.generator, "retriever": self.retriever, "prompt": self.prompt, "k": self.k,
-                   "metadata": self.metadata, "router": self.router, "min_score": self.min_score, "refusal": self.refusal}
+                   "metadata": self.metadata, "router": self.router, "min_score": self.min_score, "refusal": self.refusal,
+                   "grounding": self.grounding}
         unknown = sorted(set(changes) - set(current))
         if unknown:
             raise ConfigError(f"Pipeline.replace: unknown part(s) {', '.join(unknown)}; known: {', '.join(current)}")
@@ -351,7 +359,7 @@ class Pipeline:
         parts = {"generator": self.generator, "prompt": self.prompt, "retriever": self.retriever, "router": self.router}
         cfg: dict[str, Any] = {
             "format": FORMAT_VERSION, "layered_version": layered.__version__, "k": self.k, "metadata": self.metadata,
-            "min_score": self.min_score, "refusal": self.refusal,
+            "min_score": self.min_score, "refusal": self.refusal, "grounding": self.grounding,
         }
         for name, part in parts.items():
             if part is None:
@@ -406,7 +414,7 @@ class Pipeline:
         return cls(
             generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
             k=int(cfg["k"]), metadata=cfg.get("metadata") or {}, router=parts["router"],
-            min_score=cfg.get("min_score"), refusal=cfg.get("refusal", DEFAULT_REFUSAL),
+            min_score=cfg.get("min_score"), refusal=cfg.get("refusal", DEFAULT_REFUSAL), grounding=cfg.get("grounding", "mark"),
         )
 
 
@@ -417,10 +425,38 @@ def _check_question(question: Any) -> None:
         raise InputError("the question is empty; ask something")
 
 
-def _answer(text: str, prompt: Prompt, generation: Any, *, reasoning: bool = False, adapter: str | None = None) -> Answer:
+def _length(prompt: Prompt) -> dict[str, Any]:
+    """The answer budget a prompt asks for (e.g. per audience), as generator options."""
+    n = prompt.metadata.get("max_new_tokens")
+    return {} if n is None else {"max_new_tokens": int(n)}
+
+
+def _ground(question: str, text: str, prompt: Prompt, mode: str) -> tuple[str, dict[str, Any]]:
+    """Check ``text`` sentence by sentence against the prompt's passages (see ``Pipeline(grounding=...)``)."""
+    checks = sentence_support(text, prompt.context)
+    unsupported = [c.text for c in checks if not c.supported]
+    checked = [c for c in checks if c.checked]
+    report: dict[str, Any] = {"mode": mode, "sentences": len(checked), "supported": sum(c.supported for c in checked),
+                              "unsupported": unsupported, "fallback": False}
+    if mode == "drop" and unsupported:
+        if any(c.supported for c in checked):
+            text = " ".join(c.text for c in checks if c.supported)
+        else:  # nothing the model wrote is in the passages: quote the best one instead of inventing
+            quote = quote_best_passage(question, prompt.context)
+            if quote is not None:
+                text, report["fallback"] = quote[0], True
+    return text, report
+
+
+def _answer(
+    question: str, prompt: Prompt, generation: Any, *, reasoning: bool = False, adapter: str | None = None, grounding: str = "off",
+) -> Answer:
+    text = generation.text
     metadata: dict[str, Any] = {"citation_mode": "model", "adapter": adapter}
     if reasoning:
         metadata["reasoning"], text = split_reasoning(text)
+    if grounding != "off" and prompt.context:
+        text, metadata["grounding"] = _ground(question, text, prompt, grounding)
     citations, invalid = parse_citations(text, prompt.context)
     if not citations and prompt.context:
         citations = attribute_by_overlap(text, prompt.context)

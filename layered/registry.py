@@ -78,7 +78,9 @@ def build_chunker(config: Mapping[str, Any], embedder: Any) -> Any:
     kind = config.get("kind")
     tokenizer = embedder.tokenizer() if config.get("tokenizer") == "embedder" else RegexTokenizer()
     if kind == "token":
-        return TokenChunker(size=int(config["size"]), overlap=int(config["overlap"]), tokenizer=tokenizer)
+        most = config.get("max_chunks")
+        return TokenChunker(size=int(config["size"]), overlap=int(config["overlap"]), tokenizer=tokenizer,
+                            max_chunks=None if most is None else int(most))
     if kind == "sentence":
         return SentenceChunker(window=int(config["window"]), overlap=int(config["overlap"]))
     if kind == "semantic":

@@ -8,8 +8,10 @@ Because the scope is chosen inside the retriever, the adapter is trained on the 
 prompts it serves. Bitext answers keep ``{{Order Number}}``-style slots; :func:`fill_slots`
 fills them from request variables and leaves the others visible.
 
-``layered demo support`` builds the index, trains the adapter on first run (a few minutes
-on 2 CPU cores) and caches both.
+The ``policy`` adapter ships with the package (``data/adapters/support/``: weights, recipe,
+training data and report, checked against a sha256 manifest), so ``layered demo support``
+only indexes on its first run (seconds) and serves with llama.cpp, switching between the
+base model and the adapter per routed question.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -89,7 +90,7 @@ def manual_documents(folder: Path = MANUALS) -> list[Document]:
 
 
 def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
-    """A fresh support pipeline (indexed, no adapter yet)."""
+    """A fresh support pipeline (indexed, no adapter)."""
     from layered.generation.transformers_generator import TransformersGenerator
     from layered.retrieval.chunkers import TokenChunker
     from layered.retrieval.dense import DenseRetriever
@@ -118,40 +119,52 @@ def policy_splits() -> Splits:
     return split(examples, by="intent", validation=0.1, test=0.1, seed=0)
 
 
-def train_policy_adapter(pipe: Pipeline, run_dir: Path, *, steps: int = 40, progress: bool = False) -> Any:
-    """Tune the ``policy`` adapter on the bundled Bitext pairs (policy-routed questions only)."""
-    from layered.tuning.config import short_lora
+def recipe() -> dict[str, Any]:
+    """The policy adapter's recipe: LoRA rank 8 (alpha 16) on every linear layer, 30 steps of 4."""
+    from layered.tuning.config import ALL_LINEAR
 
-    parts = policy_splits()
-    return pipe.fit(parts.train, val=parts.validation[:24], config=short_lora(steps), out_dir=run_dir, progress=progress)
+    return {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": list(ALL_LINEAR), "learning_rate": 1e-3,
+            "batch_size": 4, "max_steps": 30, "eval_every": 15, "checkpoint_every": 30, "seed": 0}
+
+
+def with_adapter(pipe: Pipeline) -> Pipeline:
+    """``pipe`` (transformers, no adapter) with the shipped ``policy`` adapter; the router picks it per question."""
+    from layered.pipelines.shipped import ShippedAdapter
+
+    ShippedAdapter.named("support").install(pipe.generator, "policy", default=False)
+    return pipe
 
 
 def ask(pipe: Pipeline, question: str, **slots: Any) -> Answer:
-    """Answer with the routed adapter and scope; ``slots`` fill ``{{...}}`` in the answer."""
-    answer = pipe.ask(question)
+    """Answer with the routed adapter and scope; ``slots`` fill ``{{...}}`` in the answer.
+
+    Product answers (base model, manuals) keep only sentences the manuals support, quoting the
+    best passage when none is left; policy answers are the adapter's procedure in the shop's
+    tone, so their unsupported sentences are reported, not dropped.
+    """
+    grounding = "drop" if pipe.route(question) in (None, "base") else "mark"
+    answer = pipe.replace(grounding=grounding).ask(question)
     return dataclasses.replace(answer, text=fill_slots(answer.text, slots))
 
 
-def load_or_build(cache: Path, *, steps: int = 40, rebuild: bool = False, progress: bool = False) -> tuple[Pipeline, bool]:
-    """The cached tuned pipeline when intact and built from this exact data, else build, tune and save it."""
+def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False, adapter: bool = True) -> tuple[Pipeline, bool]:
+    """The support pipeline (transformers backend) from the cached index when intact and built
+    from this exact data, else a newly indexed one saved to ``cache``; ``(pipeline, reused)``.
+
+    With ``adapter`` the shipped ``policy`` adapter is installed (from the package, never the cache).
+    """
+    pipe = None
     if cache.exists() and not rebuild:
         try:
-            pipe = Pipeline.load(cache)
-            if pipe.metadata.get("bitext_sha256") == sha256_file(BITEXT) and "policy" in pipe.generator.adapters:
-                return pipe, True
-            log.info("the cached support pipeline is out of date; rebuilding")
+            cached = Pipeline.load(cache)
+            if cached.metadata.get("bitext_sha256") == sha256_file(BITEXT) and not cached.generator.adapters:
+                pipe = cached
+            else:
+                log.info("the cached support pipeline is out of date; rebuilding")
         except ArtifactError as e:
             log.warning("the cached support pipeline is unusable (%s); rebuilding", e)
-    pipe = build(progress=progress)
-    base = cache.with_name(cache.name + ".base")
-    pipe.save(base)  # the untuned pipeline: its adapter slot is filled from the tuned copy below
-    report = train_policy_adapter(pipe, cache.with_name(cache.name + ".run"), steps=steps, progress=progress)
-    log.info("policy adapter: validation loss %.3f -> %.3f; %s", report.val_losses[0][1], report.val_losses[-1][1], report.forgetting)
-    tuned = cache.with_name(cache.name + ".tuned")
-    pipe.save(tuned)
-    served = Pipeline.load(base)
-    served.add_adapter("policy", tuned)
-    served.save(cache)
-    for scratch in (base, tuned):
-        shutil.rmtree(scratch, ignore_errors=True)
-    return Pipeline.load(cache), False
+    reused = pipe is not None
+    if pipe is None:
+        pipe = build(progress=progress)
+        pipe.save(cache)
+    return (with_adapter(pipe) if adapter else pipe), reused

@@ -26,9 +26,11 @@ from layered import models
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
 from layered.generation.gguf_weights import widened
+from layered.generation.guards import DecodingGuard
 from layered.types import Generation, Prompt
 
 LORA_FILE = "adapter.gguf"
+DEFAULT_NAME = "default"
 PRECISIONS = ("f16", "native")
 
 
@@ -59,14 +61,23 @@ class LlamaCppGenerator:
         threads: int | None = None,
         lora: str | Path | None = None,
         lora_scale: float = 1.0,
+        loras: Mapping[str, str | Path] | None = None,
+        default_adapter: str | None = None,
         flash_attn: bool = True,
         precision: Literal["f16", "native"] = "f16",
+        loop_ngram: int | None = 4,
     ) -> None:
         check_budget(max_new_tokens, context_window)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        if lora is not None and not Path(lora).is_file():
-            raise ConfigError(f"the LoRA adapter {lora} does not exist")
+        named = {**({DEFAULT_NAME: lora} if lora is not None else {}), **dict(loras or {})}
+        for name, file in named.items():
+            if not Path(file).is_file():
+                raise ConfigError(f"the LoRA adapter {name!r} ({file}) does not exist")
+        if lora is not None and default_adapter is None:
+            default_adapter = DEFAULT_NAME
+        if default_adapter is not None and default_adapter not in named:
+            raise ConfigError(f"default_adapter {default_adapter!r} is not one of the adapters ({', '.join(named) or 'none'})")
         self.model_name = model
         self.max_new_tokens = max_new_tokens
         self.context_window = context_window
@@ -76,18 +87,24 @@ class LlamaCppGenerator:
         self.stop = list(stop)
         self.seed = seed
         self.threads = threads
-        self.lora = Path(lora) if lora is not None else None
+        #: GGUF LoRA adapters by name; one context switches between them per request.
+        self.loras: dict[str, Path] = {name: Path(file) for name, file in named.items()}
+        self.default_adapter = default_adapter
         self.lora_scale = lora_scale
         self.flash_attn = flash_attn
         self.precision = precision
+        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check).
+        self.guard = DecodingGuard(ngram=loop_ngram)
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._handles: dict[str, Any] = {}
         self._lock = threading.RLock()
 
     @classmethod
     def from_generator(cls, generator: Any, *, adapter_dir: str | Path | None = None, **options: Any) -> "LlamaCppGenerator":
-        """The llama.cpp twin of a transformers generator: same GGUF, same decoding settings,
-        and its default LoRA adapter exported to GGUF (into ``adapter_dir``, else a temp folder).
+        """The llama.cpp twin of a transformers generator: same GGUF, same decoding settings, and
+        every LoRA adapter exported to GGUF (into ``adapter_dir``, else a temp folder), the same
+        one answering by default.
         """
         from layered.tuning.export import export_lora
 
@@ -95,12 +112,18 @@ class LlamaCppGenerator:
         if not path.is_file() or path.suffix != ".gguf":
             raise ConfigError(f"llama.cpp serves GGUF files; the generator's model is {path}")
         settings = {k: getattr(generator, k) for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "seed")}
-        lora = None
-        if getattr(generator, "default_adapter", None) is not None:
-            name = generator.default_adapter
+        settings["loop_ngram"] = generator.guard.ngram
+        loras: dict[str, Path] = {}
+        if generator.adapters:
             folder = Path(adapter_dir) if adapter_dir is not None else Path(tempfile.mkdtemp(prefix="layered-lora-"))
-            lora = export_lora(generator.adapter_weights(name), generator.adapters[name], path, folder / f"{name}.gguf")
-        return cls(generator.model_name, **{**settings, "lora": lora, **options})
+            for name, config in generator.adapters.items():
+                loras[name] = export_lora(generator.adapter_weights(name), config, path, folder / f"{name}.gguf")
+        return cls(generator.model_name, **{**settings, "loras": loras, "default_adapter": generator.default_adapter, **options})
+
+    @property
+    def adapters(self) -> dict[str, dict[str, Any]]:
+        """The adapters this generator serves, by name (``"base"`` is always available too)."""
+        return {name: {"method": "lora", "file": str(file)} for name, file in self.loras.items()}
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -117,9 +140,9 @@ class LlamaCppGenerator:
                     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
                     llm = Llama(
                         model_path=str(weights), n_ctx=self.context_window, n_threads=self.threads or os.cpu_count() or 1,
-                        seed=self.seed, lora_path=str(self.lora) if self.lora else None, lora_scale=self.lora_scale,
-                        flash_attn=self.flash_attn, verbose=False,
+                        seed=self.seed, flash_attn=self.flash_attn, verbose=False,
                     )
+                    self._handles = {name: _lora_handle(llm, file) for name, file in self.loras.items()}
                 except ModelNotAvailableError:
                     raise
                 except (OSError, ValueError, ImportError, RuntimeError) as e:
@@ -148,48 +171,78 @@ class LlamaCppGenerator:
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))
 
-    def _ids(self, prompt: Prompt) -> list[int]:
+    def _ids(self, prompt: Prompt, max_new_tokens: int | None = None) -> list[int]:
         ids = self.encode(prompt)
-        check_fits(len(ids), self.context_window, self.max_new_tokens)
+        check_fits(len(ids), self.context_window, max_new_tokens or self.max_new_tokens)
         return ids
 
-    def _options(self) -> dict[str, Any]:
+    def _options(self, max_new_tokens: int | None = None) -> dict[str, Any]:
         greedy = self.temperature <= 0
         return {
-            "max_tokens": self.max_new_tokens, "temperature": 0.0 if greedy else self.temperature,
+            "max_tokens": min(max_new_tokens or self.max_new_tokens, self.max_new_tokens), "temperature": 0.0 if greedy else self.temperature,
             "top_p": 1.0 if greedy else self.top_p, "top_k": 1 if greedy else 40, "min_p": 0.0,
             "repeat_penalty": self.repetition_penalty, "stop": self.stop or None, "seed": self.seed,
         }
 
-    def _fresh(self) -> Any:
-        """The model with its KV cache cleared: llama-cpp-python reuses a cached prefix otherwise,
-        and evaluating the prompt in different batch splits can flip a greedy near-tie."""
+    def _fresh(self, adapter: str | None) -> Any:
+        """The model with its KV cache cleared and ``adapter`` (None: none) set on the context:
+        llama-cpp-python reuses a cached prefix otherwise, and evaluating the prompt in
+        different batch splits can flip a greedy near-tie."""
+        import ctypes
+
+        import llama_cpp
+
         llm = self._load()[0]
         llm.reset()
+        if adapter is None:
+            failed = llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._handles[adapter])
+            failed = llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, handles, 1, (ctypes.c_float * 1)(self.lora_scale))
+        if failed:
+            raise ModelNotAvailableError(f"llama.cpp could not switch to adapter {adapter or 'base'!r}")
         return llm
 
-    def generate(self, prompt: Prompt) -> Generation:
-        with self._lock:
-            ids = self._ids(prompt)
-            out = self._fresh().create_completion(prompt=ids, **self._options())
-            choice, usage = out["choices"][0], out["usage"]
-            finish: Literal["stop", "length"] = "length" if choice.get("finish_reason") == "length" else "stop"
-            return Generation(
-                text=choice["text"].strip(), prompt_tokens=int(usage["prompt_tokens"]),
-                completion_tokens=int(usage["completion_tokens"]), finish_reason=finish,
-            )
+    def _resolve(self, adapter: str | None) -> str | None:
+        """The adapter a request asking for ``adapter`` gets (None: the base model)."""
+        from layered.generation.adapters import BASE
 
-    def stream(self, prompt: Prompt) -> Iterator[str]:
-        """Yield the answer in text pieces as llama.cpp produces them (same text as ``generate``)."""
+        if adapter is None:
+            return self.default_adapter
+        if adapter == BASE:
+            return None
+        if adapter not in self.loras:
+            raise ConfigError(f"no adapter named {adapter!r} (known: {', '.join([BASE, *self.loras])})")
+        return adapter
+
+    def generate(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Generation:
+        """The guarded answer (see :class:`~layered.generation.guards.DecodingGuard`) with ``adapter``
+        (None: the default adapter; ``"base"``: none); ``max_new_tokens`` lowers this request's budget."""
+        run: dict[str, Any] = {"adapter": self._resolve(adapter)}
+        text = "".join(self.guard.stream(self._pieces(prompt, max_new_tokens, run), cut=lambda: run.get("finish") == "length"))
+        finish: Literal["stop", "length"] = "length" if run.get("finish") == "length" else "stop"
+        return Generation(text=text, prompt_tokens=run["prompt_tokens"], completion_tokens=run.get("tokens", 0), finish_reason=finish)
+
+    def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield the answer in pieces (whole sentences, guarded): the same text as ``generate``.
+
+        Closing the iterator early (a client that went away) stops decoding at the next token.
+        """
+        run: dict[str, Any] = {"adapter": self._resolve(adapter)}
+        yield from self.guard.stream(self._pieces(prompt, max_new_tokens, run), cut=lambda: run.get("finish") == "length")
+
+    def _pieces(self, prompt: Prompt, max_new_tokens: int | None, run: dict[str, Any]) -> Iterator[str]:
+        """Raw text pieces from llama.cpp, one per token; ``run`` gets the token counts and finish reason."""
         with self._lock:
-            ids = self._ids(prompt)
-            first = True
-            for chunk in self._fresh().create_completion(prompt=ids, stream=True, **self._options()):
-                piece = chunk["choices"][0]["text"]
-                if first:
-                    piece, first = piece.lstrip(), not piece.strip()
-                if piece:
-                    yield piece
+            ids = self._ids(prompt, max_new_tokens)
+            run["prompt_tokens"], run["tokens"] = len(ids), 0
+            for chunk in self._fresh(run["adapter"]).create_completion(prompt=ids, stream=True, **self._options(max_new_tokens)):
+                choice = chunk["choices"][0]
+                run["tokens"] += 1
+                if choice.get("finish_reason"):
+                    run["finish"] = choice["finish_reason"]
+                if choice["text"]:
+                    yield choice["text"]
 
     # -- config ------------------------------------------------------------------------------
 
@@ -199,25 +252,49 @@ class LlamaCppGenerator:
             "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
             "context_window": self.context_window, "temperature": self.temperature, "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty, "stop": self.stop, "seed": self.seed,
-            "lora": LORA_FILE if self.lora else None, "lora_scale": self.lora_scale, "flash_attn": self.flash_attn,
-            "precision": self.precision,
+            "loras": {name: f"{name}.gguf" for name in self.loras}, "default_adapter": self.default_adapter,
+            "lora_scale": self.lora_scale, "flash_attn": self.flash_attn, "precision": self.precision,
+            "loop_ngram": self.guard.ngram,
         }
 
     def save(self, folder: Path) -> None:
-        """Copy the GGUF LoRA adapter (if any) into ``folder/generator``; the base model is not copied."""
-        if self.lora is not None:
+        """Copy the GGUF LoRA adapters into ``folder/generator``; the base model is not copied."""
+        if self.loras:
             (folder / "generator").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.lora, folder / "generator" / LORA_FILE)
+            for name, file in self.loras.items():
+                shutil.copyfile(file, folder / "generator" / f"{name}.gguf")
 
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "LlamaCppGenerator":
         options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "top_p", "repetition_penalty",
-                                          "stop", "seed", "lora_scale", "flash_attn", "precision") if k in config}
-        lora = folder / "generator" / LORA_FILE if config.get("lora") else None
-        return cls(config["model"], lora=lora, **options)
+                                          "stop", "seed", "lora_scale", "flash_attn", "precision", "loop_ngram", "default_adapter")
+                   if k in config}
+        loras = {name: _inside(folder, file) for name, file in (config.get("loras") or {}).items()}
+        if config.get("lora"):  # format of layered <= 0.1.0 saves: one adapter
+            loras[DEFAULT_NAME] = folder / "generator" / LORA_FILE
+            options.setdefault("default_adapter", DEFAULT_NAME)
+        return cls(config["model"], loras=loras, **options)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "LlamaCppGenerator":
-        if config.get("lora"):
-            raise ConfigError("this llama.cpp config names a LoRA file; load it with Pipeline.load(folder)")
+        if config.get("lora") or config.get("loras"):
+            raise ConfigError("this llama.cpp config names LoRA files; load it with Pipeline.load(folder)")
         return cls.load(Path("."), config)
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder/generator/name``, refusing names that would leave that folder."""
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ConfigError(f"adapter file name {name!r} in the saved config is not a plain file name")
+    return folder / "generator" / name
+
+
+def _lora_handle(llm: Any, file: Path) -> Any:
+    """Load a GGUF LoRA adapter for ``llm``'s model; freed when the model is."""
+    import llama_cpp
+
+    handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(file).encode("utf-8"))
+    if not handle:
+        raise ModelNotAvailableError(f"llama.cpp could not load the LoRA adapter {file}")
+    llm._stack.callback(lambda: llama_cpp.llama_adapter_lora_free(handle))
+    return handle

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Literal, Mapping
 from layered import models
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
+from layered.generation.guards import DecodingGuard
 from layered.types import Generation, Prompt
 
 
@@ -43,6 +44,7 @@ class TransformersGenerator:
         device: str | None = None,
         dtype: str = "float32",
         seed: int = 0,
+        loop_ngram: int | None = 4,
     ) -> None:
         check_budget(max_new_tokens, context_window)
         self.model_name = model
@@ -63,6 +65,8 @@ class TransformersGenerator:
         #: Saved adapter weights to install when the model loads (set by :meth:`load`).
         self._pending: dict[str, Path] = {}
         self.merged = False
+        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check).
+        self.guard = DecodingGuard(ngram=loop_ngram)
 
     @classmethod
     def from_objects(cls, model: Any, tokenizer: Any, *, name: str = "in-memory", **options: Any) -> "TransformersGenerator":
@@ -229,10 +233,10 @@ class TransformersGenerator:
         device = self._load()[0].device
         return {k: v.to(device) for k, v in inputs.items()}
 
-    def _generate_kwargs(self) -> dict[str, Any]:
+    def _generate_kwargs(self, max_new_tokens: int | None = None) -> dict[str, Any]:
         tok = self._load()[1]
         kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens": max_new_tokens or self.max_new_tokens,
             "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             "repetition_penalty": self.repetition_penalty,
         }
@@ -242,61 +246,71 @@ class TransformersGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def generate(self, prompt: Prompt, *, adapter: str | None = None) -> Generation:
-        """Generate with ``adapter`` (None: the default adapter; ``"base"``: no adapter)."""
+    def generate(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Generation:
+        """Generate with ``adapter`` (None: the default adapter; ``"base"``: no adapter).
+
+        ``max_new_tokens`` lowers this request's answer budget (it never raises it). The text passes the
+        :class:`~layered.generation.guards.DecodingGuard`: decoding stops when it loops, and a
+        cut answer ends on its last complete sentence.
+        """
+        run = _Run()
+        text = "".join(self.guard.stream(self._pieces(prompt, adapter, max_new_tokens, run), cut=lambda: run.cut))
+        finish: Literal["stop", "length"] = "length" if run.cut else "stop"
+        return Generation(text=text, prompt_tokens=run.prompt_tokens, completion_tokens=run.new_tokens, finish_reason=finish)
+
+    def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield the answer in pieces (whole sentences, guarded) as it is generated: the same text as ``generate``.
+
+        Closing the iterator early (a client that went away) stops decoding within one token.
+        """
+        run = _Run()
+        yield from self.guard.stream(self._pieces(prompt, adapter, max_new_tokens, run), cut=lambda: run.cut)
+
+    def _pieces(self, prompt: Prompt, adapter: str | None, max_new_tokens: int | None, run: "_Run") -> Iterator[str]:
+        """Raw text pieces from ``model.generate`` in a worker thread; stops when the consumer stops pulling."""
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         from layered.generation.adapters import serving
 
-        with self._lock:
-            model, tok = self._load()
-            inputs = self._inputs(prompt)
-            n_prompt = int(inputs["input_ids"].shape[-1])
-            if self.temperature > 0:
-                torch.manual_seed(self.seed)
-            with serving(model, self._resolve(adapter)), torch.inference_mode():
-                out = model.generate(**inputs, **self._generate_kwargs())
-            new = out[0, n_prompt:]
-            text = tok.decode(new, skip_special_tokens=True).strip()
-            ended = len(new) > 0 and int(new[-1]) == tok.eos_token_id
-            finish: Literal["stop", "length"] = "length" if len(new) >= self.max_new_tokens and not ended else "stop"
-            return Generation(text=text, prompt_tokens=n_prompt, completion_tokens=int(len(new)), finish_reason=finish)
-
-    def stream(self, prompt: Prompt, *, adapter: str | None = None) -> Iterator[str]:
-        """Yield the answer in text pieces as they are generated (same text as ``generate``)."""
-        import torch
-        from transformers import TextIteratorStreamer
-
-        from layered.generation.adapters import serving
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                run.new_tokens = int(input_ids.shape[-1]) - run.prompt_tokens
+                return torch.full((input_ids.shape[0],), run.stopped, dtype=torch.bool, device=input_ids.device)
 
         with self._lock:
             model, tok = self._load()
             selected = serving(model, self._resolve(adapter))
             inputs = self._inputs(prompt)
+            run.prompt_tokens = int(inputs["input_ids"].shape[-1])
+            limit = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
             # Built here: the worker thread must not touch self._lock, which this thread holds.
-            kwargs = {**inputs, **self._generate_kwargs(), "streamer": streamer}
+            kwargs = {**inputs, **self._generate_kwargs(limit), "streamer": streamer,
+                      "stopping_criteria": StoppingCriteriaList([Stop()])}
             errors: list[BaseException] = []
 
-            def run() -> None:
+            def work() -> None:
                 try:
+                    if self.temperature > 0:
+                        torch.manual_seed(self.seed)
                     with torch.inference_mode():
-                        model.generate(**kwargs)
+                        out = model.generate(**kwargs)
+                    new = out[0, run.prompt_tokens:]
+                    run.new_tokens = int(len(new))
+                    ended = len(new) > 0 and int(new[-1]) == tok.eos_token_id
+                    run.cut = len(new) >= limit and not ended
                 except BaseException as e:  # surfaced in the caller's thread below
                     errors.append(e)
                     streamer.end()
 
             with selected:
-                thread = threading.Thread(target=run, daemon=True)
+                thread = threading.Thread(target=work, daemon=True)
                 thread.start()
-                first = True
                 try:
-                    for piece in streamer:
-                        if first:
-                            piece, first = piece.lstrip(), not piece.strip()
-                        if piece:
-                            yield piece
+                    yield from streamer
                 finally:
+                    run.stopped = True  # the consumer stopped early (a loop, a disconnect): stop decoding
                     thread.join()
             if errors:
                 raise errors[0]
@@ -311,6 +325,7 @@ class TransformersGenerator:
             "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
             "context_window": self.context_window, "temperature": self.temperature,
             "repetition_penalty": self.repetition_penalty, "dtype": self.dtype, "seed": self.seed,
+            "loop_ngram": self.guard.ngram,
         }
         if self.model_name in models.PACKAGED:
             cfg["package_version"] = models.PACKAGED[self.model_name].version()
@@ -336,7 +351,8 @@ class TransformersGenerator:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TransformersGenerator":
-        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed") if k in config}
+        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed", "loop_ngram")
+                   if k in config}
         return cls(config["model"], **options)
 
     @classmethod
@@ -352,3 +368,13 @@ class TransformersGenerator:
 def adapter_file(folder: Path, name: str) -> Path:
     """Where a saved pipeline in ``folder`` keeps adapter ``name``'s weights."""
     return Path(folder) / "generator" / ADAPTER_DIR / f"{name}.safetensors"
+
+
+class _Run:
+    """What one generation call learned while decoding (shared with the worker thread)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.new_tokens = 0
+        self.cut = False  # stopped by the token limit before the model ended its answer
+        self.stopped = False  # the consumer asked decoding to stop

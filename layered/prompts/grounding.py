@@ -9,6 +9,7 @@ a look-alike (U+2039), so the model and the citation parser only ever see our ow
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 from layered.types import Citation, Hit
@@ -82,3 +83,84 @@ def attribute_by_overlap(text: str, context: Sequence[Hit], *, min_overlap: floa
         if shares[best] >= min_overlap and best + 1 not in credited:
             credited.append(best + 1)
     return [to_citation(n, context[n - 1]) for n in credited]
+
+
+# -- groundedness ------------------------------------------------------------------------------
+
+#: A sentence is supported when at least this share of its content words (lower-cased, plural
+#: "s" folded, stop words and words under 3 letters left out) occurs in one passage shown to
+#: the model. 0.6 is the overlap ``attribute_by_overlap`` already credits; on the medical
+#: assistant's answers it keeps sentences copied or lightly reworded from a passage and flags
+#: sentences that only share the topic words (see ``README`` "Grounded or silent").
+SUPPORT_THRESHOLD = 0.6
+#: Sentences with fewer content words ("Yes.", "See a doctor.") are too short to judge; they are kept.
+MIN_CHECKED_WORDS = 3
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])(?:\s*\[\d+(?:\s*,\s*\d+)*\])?\s+(?=[\"'(\[A-Z0-9-])|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut into sentences (a citation ``[n]`` after the full stop stays with its sentence)."""
+    out, start = [], 0
+    for m in _SENTENCE_SPLIT.finditer(text):
+        piece = text[start:m.start() + len(m.group().rstrip())] if m.group().strip() else text[start:m.start()]
+        if piece.strip():
+            out.append(piece.strip())
+        start = m.end()
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def _support_words(text: str) -> set[str]:
+    words = _content_words(_CITE.sub(" ", text))
+    return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words}
+
+
+@dataclass(frozen=True)
+class SentenceSupport:
+    """One answer sentence and the passage that supports it best.
+
+    ``passage`` is the 1-based number of that passage in the prompt (None: no passage shares
+    a word); ``score`` the share of the sentence's content words found in it; ``checked`` is
+    False for sentences too short to judge (they count as supported).
+    """
+
+    text: str
+    supported: bool
+    score: float
+    passage: int | None
+    checked: bool = True
+
+
+def sentence_support(text: str, context: Sequence[Hit], *, threshold: float = SUPPORT_THRESHOLD) -> list[SentenceSupport]:
+    """Check every sentence of ``text`` against the passages in ``context`` (see :data:`SUPPORT_THRESHOLD`)."""
+    passages = [_support_words(h.chunk.text) for h in context]
+    out = []
+    for sentence in split_sentences(text):
+        words = _support_words(sentence)
+        if len(words) < MIN_CHECKED_WORDS:
+            out.append(SentenceSupport(sentence, True, 1.0, None, checked=False))
+            continue
+        shares = [len(words & p) / len(words) for p in passages]
+        best = max(range(len(shares)), key=shares.__getitem__) if shares else None
+        score = shares[best] if best is not None else 0.0
+        out.append(SentenceSupport(sentence, score >= threshold, round(score, 3), None if not score else best + 1))
+    return out
+
+
+def quote_best_passage(question: str, context: Sequence[Hit], *, sentences: int = 2) -> tuple[str, int] | None:
+    """The fallback answer: the ``sentences`` sentences of the passage that best matches the
+    question, in their own order, with the passage's citation; ``(text, passage number)``.
+
+    The passage is the one sharing most content words with the question (ties: the better
+    ranked); within it, the sentences sharing most words with the question. None without context.
+    """
+    if not context:
+        return None
+    asked = _support_words(question)
+    number = max(range(len(context)), key=lambda i: (len(asked & _support_words(context[i].chunk.text)), -i)) + 1
+    parts = split_sentences(context[number - 1].chunk.text)
+    best = sorted(range(len(parts)), key=lambda i: (-len(asked & _support_words(parts[i])), i))[:sentences]
+    quoted = " ".join(parts[i] for i in sorted(best))
+    return f"{quoted} [{number}]", number

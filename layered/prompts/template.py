@@ -118,6 +118,8 @@ class ChatPromptTemplate(StrictModel):
     defaults: dict[str, str] = Field(default_factory=dict)
     audiences: dict[str, str] = Field(default_factory=dict)
     default_audience: str | None = None
+    #: Longest answer in tokens per audience (a patient gets two short sentences, a clinician more).
+    answer_tokens: dict[str, int] = Field(default_factory=dict)
     constraints: list[str] = Field(default_factory=list)
     abstain: bool = True
     reasoning: bool = False
@@ -134,6 +136,9 @@ class ChatPromptTemplate(StrictModel):
             raise ConfigError("the user template must contain {question}")
         if self.default_audience is not None and self.default_audience not in self.audiences:
             raise ConfigError(f"default_audience {self.default_audience!r} is not one of the audiences ({', '.join(self.audiences)})")
+        bad = {k: v for k, v in self.answer_tokens.items() if k not in self.audiences or v < 1}
+        if bad:
+            raise ConfigError(f"answer_tokens must map audiences ({', '.join(self.audiences)}) to at least 1 token; got {bad}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ChatPromptTemplate":
@@ -215,7 +220,11 @@ class ChatPromptTemplate(StrictModel):
         else:
             user = render_text(self.user_without_context, values)
         messages.append(Message("user", user))
-        return Prompt(messages=tuple(messages), context=tuple(context), metadata={"shots": len(chosen)})
+        metadata: dict[str, Any] = {"shots": len(chosen)}
+        audience = values.get("audience") or self.default_audience
+        if audience in self.answer_tokens:
+            metadata["max_new_tokens"] = self.answer_tokens[audience]
+        return Prompt(messages=tuple(messages), context=tuple(context), metadata=metadata)
 
     def config(self) -> dict[str, Any]:
         return self.model_dump()

@@ -30,21 +30,27 @@ class TokenChunker:
 
     Contract: for every chunk ``c`` of document ``d``, ``d.text[c.start:c.end] == c.text``;
     chunk ids are ``f"{d.id}#{i}"`` for i = 0, 1, ...; empty documents yield no chunks.
+    ``max_chunks`` keeps only a document's first chunks: for corpora of short pages whose
+    opening says what the page is about (MedQuAD), one chunk per page is both the faster
+    index (the embedder reads a fixed number of tokens per vector) and a page-level match.
     """
 
     size: int = 200
     overlap: int = 40
     tokenizer: Tokenizer = field(default_factory=RegexTokenizer)
+    max_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ConfigError(f"chunk size must be at least 1 token, got {self.size}")
         if not 0 <= self.overlap < self.size:
             raise ConfigError(f"chunk overlap must be in [0, size={self.size}), got {self.overlap}")
+        if self.max_chunks is not None and self.max_chunks < 1:
+            raise ConfigError(f"max_chunks must be at least 1 (or None for all), got {self.max_chunks}")
 
     def config(self) -> dict[str, object]:
         tokenizer = "regex" if isinstance(self.tokenizer, RegexTokenizer) else "embedder"
-        return {"kind": "token", "size": self.size, "overlap": self.overlap, "tokenizer": tokenizer}
+        return {"kind": "token", "size": self.size, "overlap": self.overlap, "tokenizer": tokenizer, "max_chunks": self.max_chunks}
 
     def split(self, docs: Iterable[Document]) -> list[Chunk]:
         return [chunk for doc in docs for chunk in _chunks_from_groups(doc, self.spans(doc.text))]
@@ -55,7 +61,7 @@ class TokenChunker:
         n = len(offs)
         spans: list[tuple[int, int]] = []
         start = 0
-        while start < n:
+        while start < n and (self.max_chunks is None or len(spans) < self.max_chunks):
             end = min(start + self.size, n)
             if end < n:
                 end = self._cut(text, offs, start, end)

@@ -89,3 +89,35 @@ def fit_pipeline(
         report.forgetting = ForgettingReport(base=base_ppl, tuned=perplexity(model, tokenizer, general_text()))
         log.info("%s", report.forgetting)
     return report
+
+
+def read_recipe(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """A recipe file (``.toml`` or ``.json``: TuneConfig fields plus ``data``) as ``(options, data path)``.
+
+    ``data`` is resolved relative to the recipe's folder.
+    """
+    import json
+
+    path = Path(path)
+    raw = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            options = dict(tomllib.loads(raw))
+        else:
+            options = dict(json.loads(raw))
+    except ValueError as e:
+        raise ConfigError(f"{path}: cannot parse the recipe ({str(e).splitlines()[0]})") from None
+    if "data" not in options:
+        raise ConfigError(f"{path}: a tuning recipe needs a 'data' key naming the examples file")
+    return options, (path.parent / str(options.pop("data"))).resolve()
+
+
+def recipe_examples(data: str | Path, *, question_field: str | None = None, answer_field: str | None = None) -> list[Example]:
+    """The examples a recipe trains on: ``data`` loaded and cleaned exactly as ``layered tune`` does."""
+    from layered.tuning.data import clean, load_examples
+
+    examples, report = clean(load_examples(data, question_field=question_field, answer_field=answer_field))
+    log.info("cleaning: %s", report)
+    return examples

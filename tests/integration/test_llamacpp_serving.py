@@ -58,7 +58,7 @@ def test_a_llama_cpp_pipeline_saves_loads_and_serves_over_http(tuned, tmp_path):
     fast = pipe.serve_with("llamacpp", adapter_dir=folder)
     answer = fast.ask(QUESTIONS[1]).text
     fast.save(tmp_path / "fast")
-    assert (tmp_path / "fast" / "generator" / "adapter.gguf").is_file()
+    assert (tmp_path / "fast" / "generator" / "default.gguf").is_file()
     loaded = Pipeline.load(tmp_path / "fast")
     assert isinstance(loaded.generator, LlamaCppGenerator) and loaded.ask(QUESTIONS[1]).text == answer
     proc = subprocess.Popen([sys.executable, "-m", "layered.cli", "-q", "serve", str(tmp_path / "fast"), "--port", "0", "--name", "fast"],

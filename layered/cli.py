@@ -123,10 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--steps", type=int, default=40, help="adapter training steps when one is trained (default 40)")
     cmp.add_argument("--search", action="store_true",
                      help="auto-PEFT: train LoRA at ranks 8/16 x learning rates 5e-4/2e-3, keep the best on validation")
-    cmp.add_argument("--max-new-tokens", type=int, default=96, help="longest answer in tokens (default 96)")
+    cmp.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the pipeline's)")
     cmp.add_argument("--out", help="write comparison.md/.json/.png here, and the adapter training runs (checkpoints, "
                                    "loss.png) under OUT/runs; without it the runs are removed")
     cmp.add_argument("--cache-dir", help="bundled tasks: the cached pipeline's folder, as for demo (default: the demo's)")
+    cmp.add_argument("--retrain", action="store_true", help="bundled tasks: train a new adapter (--steps) instead of the shipped one")
+    cmp.add_argument("--backend", choices=["llamacpp", "transformers"],
+                     help="generator backend for answering (default: llamacpp for the bundled tasks, else as saved; "
+                          "training always uses transformers)")
+    cmp.add_argument("--audience", help="prompt audience variable for every question (e.g. patient)")
 
     demo = sub.add_parser("demo", help="run a ready-made assistant on bundled data",
                           description="Index the bundled data on first run (reused later), add the shipped adapter, "
@@ -168,6 +173,13 @@ def _print_answer(answer: layered.Answer) -> None:
             print(f" {mark}[{s.number}] {s.chunk_id}  {s.source}  (score {s.score:.3f})")
         how = "cited by the model" if answer.metadata.get("citation_mode") == "model" else "supported by overlap"
         print(f" (* = {how})")
+    grounding = answer.metadata.get("grounding")
+    if grounding and grounding["fallback"]:
+        print(" (nothing the model wrote was in the passages: quoting the best passage instead)")
+    elif grounding and grounding["unsupported"]:
+        verb = "dropped" if grounding["mode"] == "drop" else "not supported by the passages"
+        for sentence in grounding["unsupported"]:
+            print(f" (unsupported, {verb}: {sentence})")
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -403,19 +415,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _comparison_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
-    """``(pipeline, splits, adapter)`` for ``layered compare``: adapter None means train one."""
-    if args.task == "medical":
-        from layered.pipelines import medical
+    """``(pipeline, splits, adapter)`` for ``layered compare``: adapter None means train one.
 
-        pipe, _ = medical.load_or_build(_demo_cache(args, "medical"), progress=not args.quiet)
-        return pipe, medical.comparison_splits(), None
-    if args.task == "support":
-        from layered.pipelines import support
+    The bundled tasks compare their *shipped* adapters (trained on their training splits only);
+    ``--search`` or ``--retrain`` trains new ones instead.
+    """
+    if args.task in BUNDLED:
+        from layered.pipelines import medical, support
 
-        if args.search:  # the search trains its own adapters; the demo's cached one is not needed
-            return support.build(progress=not args.quiet), support.policy_splits(), None
-        pipe, _ = support.load_or_build(_demo_cache(args, "support"), progress=not args.quiet)
-        return pipe, support.policy_splits(), "policy"
+        module: Any = medical if args.task == "medical" else support
+        train_new = args.search or args.retrain
+        pipe, _ = module.load_or_build(_demo_cache(args, args.task), progress=not args.quiet, adapter=not train_new)
+        parts = medical.splits() if args.task == "medical" else support.policy_splits()
+        return pipe, parts, None if train_new else ("medical" if args.task == "medical" else "policy")
     from layered.pipeline import Pipeline
     from layered.tuning.data import clean, columns, load_examples, split
 
@@ -453,7 +465,8 @@ def _compare(args: argparse.Namespace, out: Path | None, runs: Path) -> int:
     from layered.tuning.search import base_copy, search_lora
 
     pipe, splits, adapter = _comparison_task(args)
-    pipe.generator.max_new_tokens = args.max_new_tokens
+    if args.max_new_tokens:
+        pipe.generator.max_new_tokens = args.max_new_tokens
     test = splits.test[: args.test]
     log.info("%d training, %d validation, %d test examples (answering %d)", len(splits.train), len(splits.validation),
              len(splits.test), len(test))
@@ -470,7 +483,12 @@ def _compare(args: argparse.Namespace, out: Path | None, runs: Path) -> int:
                           check_forgetting=False)
         log.info("adapter: validation loss %.3f -> %.3f", report.val_losses[0][1], report.val_losses[-1][1])
         adapter = "default"
-    results = compare(pipe, test, few_shot_pool=splits.train, adapter=adapter, shots=args.shots, progress=not args.quiet)
+    backend = args.backend or ("llamacpp" if args.task in BUNDLED else None)
+    if backend:
+        pipe = pipe.serve_with(backend, adapter_dir=runs / "gguf")
+    variables = {"audience": args.audience} if args.audience else {}
+    results = compare(pipe, test, few_shot_pool=splits.train[:2000], adapter=adapter, shots=args.shots, variables=variables,
+                      progress=not args.quiet)
     table = markdown_table(results)
     print(table)
     if out:
@@ -478,7 +496,8 @@ def _compare(args: argparse.Namespace, out: Path | None, runs: Path) -> int:
         atomic_write_bytes(out / "comparison.md", text.encode())
         atomic_write_json(out / "comparison.json", {
             "task": args.task, "test_questions": len(test), "shots": args.shots, "steps": args.steps,
-            "max_new_tokens": args.max_new_tokens, "results": [r.to_dict() for r in results],
+            "max_new_tokens": pipe.generator.max_new_tokens, "backend": getattr(pipe.generator, "kind", None), "audience": args.audience,
+            "adapter": adapter, "results": [r.to_dict() for r in results],
             "search": None if search is None else [vars(t) for t in search.trials],
         })
         bar_chart(results, out / "comparison.png", title=f"layered compare {Path(args.task).name}: {len(test)} held-out questions")

@@ -28,6 +28,7 @@ from layered.errors import ConfigError, InputError
 from layered.evaluation.answers import rouge_l, token_f1
 from layered.evaluation.retrieval import mrr_at_k
 from layered.generation.adapters import BASE
+from layered.generation.guards import degenerate
 from layered.types import Answer, Example
 
 STRATEGIES = ("prompt-only", "few-shot", "rag", "rag+adapter")
@@ -40,9 +41,14 @@ class StrategyResult:
     ``recall`` is the share of questions with a relevant document among the prompt's
     passages; ``mrr`` the mean reciprocal rank of the first one. ``citation_precision`` is
     the share of all citations the answers show (cited by the model, or attributed by
-    overlap when it cites none) that point to a relevant document. ``latency_s`` is the mean
-    wall time of one ``ask`` (retrieval + generation); ``prompt_tokens`` and
-    ``completion_tokens`` are the mean tokens in and out (the cost).
+    overlap when it cites none) that point to a relevant document. ``grounded`` is the share of
+    the generated answer sentences that the passages shown support (checked before unsupported
+    ones are dropped; None without passages or without the check); ``fallback`` the share of
+    answers that quote a passage because no generated sentence was supported. ``degenerate``
+    is the share of answers (refusals excluded) that repeat a word 4-gram or stop
+    mid-sentence, as printed. ``latency_s`` is the mean and ``latency_p50_s`` the median wall
+    time of one ``ask`` (retrieval + generation); ``prompt_tokens`` and ``completion_tokens``
+    are the mean tokens in and out (the cost).
     """
 
     strategy: str
@@ -56,6 +62,10 @@ class StrategyResult:
     latency_s: float
     prompt_tokens: float
     completion_tokens: float
+    grounded: float | None = None
+    fallback: float | None = None
+    degenerate: float = 0.0
+    latency_p50_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +135,9 @@ def score_answers(
         relevant_cited += sum(c.doc_id in relevant for c in answer.citations)
     n = len(examples)
     usage = [a.generation for a in answers]
+    checks = [a.metadata["grounding"] for a in answers if "grounding" in a.metadata]
+    sentences = sum(c["sentences"] for c in checks)
+    answered = [a for a in answers if not a.metadata.get("refused")]
     return StrategyResult(
         strategy=strategy,
         questions=n,
@@ -137,6 +150,10 @@ def score_answers(
         latency_s=statistics.fmean(seconds),
         prompt_tokens=statistics.fmean(g.prompt_tokens if g else 0 for g in usage),
         completion_tokens=statistics.fmean(g.completion_tokens if g else 0 for g in usage),
+        grounded=sum(c["supported"] for c in checks) / sentences if sentences else None,
+        fallback=sum(bool(c["fallback"]) for c in checks) / len(checks) if checks else None,
+        degenerate=sum(degenerate(a.text) for a in answered) / len(answered) if answered else 0.0,
+        latency_p50_s=statistics.median(seconds),
     )
 
 
@@ -189,7 +206,9 @@ def compare(
 COLUMNS = (
     ("strategy", "strategy", "{}"), ("token_f1", "token F1", "{:.3f}"), ("rouge_l", "ROUGE-L", "{:.3f}"),
     ("recall", "hit@k", "{:.3f}"), ("mrr", "MRR", "{:.3f}"), ("citation_precision", "citation precision", "{:.3f}"),
-    ("refused", "refused", "{:.0%}"), ("latency_s", "latency s", "{:.2f}"), ("prompt_tokens", "prompt tokens", "{:.0f}"),
+    ("grounded", "grounded", "{:.0%}"), ("fallback", "fallback", "{:.0%}"), ("degenerate", "degenerate", "{:.0%}"),
+    ("refused", "refused", "{:.0%}"), ("latency_s", "latency s", "{:.2f}"), ("latency_p50_s", "p50 s", "{:.2f}"),
+    ("prompt_tokens", "prompt tokens", "{:.0f}"),
     ("completion_tokens", "answer tokens", "{:.0f}"),
 )
 
@@ -215,11 +234,11 @@ def bar_chart(results: Sequence[StrategyResult], path: str | Path, *, title: str
 
     names = [r.strategy for r in results]
     quality = {"token F1": [r.token_f1 for r in results], "ROUGE-L": [r.rouge_l for r in results],
-               "citation precision": [r.citation_precision for r in results]}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    x, width = np.arange(len(names)), 0.26
+               "citation precision": [r.citation_precision for r in results], "grounded": [r.grounded for r in results]}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    x, width = np.arange(len(names)), 0.2
     for i, (label, values) in enumerate(quality.items()):
-        bars = left.bar(x + (i - 1) * width, [np.nan if v is None else v for v in values], width, label=label)
+        bars = left.bar(x + (i - 1.5) * width, [np.nan if v is None else v for v in values], width, label=label)
         left.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=7)
     left.set_xticks(x, names)
     left.set_ylim(0, 1.05)

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from layered import models
+from layered.artifacts import sha256_file
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
-from layered.generation.gguf_weights import widened
+from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
 from layered.types import Generation, Prompt
 
@@ -117,7 +118,13 @@ class LlamaCppGenerator:
         if generator.adapters:
             folder = Path(adapter_dir) if adapter_dir is not None else Path(tempfile.mkdtemp(prefix="layered-lora-"))
             for name, config in generator.adapters.items():
-                loras[name] = export_lora(generator.adapter_weights(name), config, path, folder / f"{name}.gguf")
+                source = generator.adapter_source(name)
+                if source is not None and adapter_dir is not None:
+                    # Exported once per weights file: the name carries the file's digest.
+                    target = folder / f"{name}-{sha256_file(source)[:16]}.gguf"
+                    loras[name] = target if target.is_file() else export_lora(generator.adapter_weights(name), config, path, target)
+                else:
+                    loras[name] = export_lora(generator.adapter_weights(name), config, path, folder / f"{name}.gguf")
         return cls(generator.model_name, **{**settings, "loras": loras, "default_adapter": generator.default_adapter, **options})
 
     @property
@@ -134,10 +141,9 @@ class LlamaCppGenerator:
                 path = models.resolve(self.model_name)
                 try:
                     from llama_cpp import Llama
-                    from transformers import AutoTokenizer
 
                     weights = widened(path) if self.precision == "f16" else path
-                    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+                    tokenizer = gguf_tokenizer(path)
                     llm = Llama(
                         model_path=str(weights), n_ctx=self.context_window, n_threads=self.threads or os.cpu_count() or 1,
                         seed=self.seed, flash_attn=self.flash_attn, verbose=False,
@@ -236,13 +242,19 @@ class LlamaCppGenerator:
         with self._lock:
             ids = self._ids(prompt, max_new_tokens)
             run["prompt_tokens"], run["tokens"] = len(ids), 0
-            for chunk in self._fresh(run["adapter"]).create_completion(prompt=ids, stream=True, **self._options(max_new_tokens)):
-                choice = chunk["choices"][0]
-                run["tokens"] += 1
-                if choice.get("finish_reason"):
-                    run["finish"] = choice["finish_reason"]
-                if choice["text"]:
-                    yield choice["text"]
+            chunks = self._fresh(run["adapter"]).create_completion(prompt=ids, stream=True, **self._options(max_new_tokens))
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    run["tokens"] += 1
+                    if choice.get("finish_reason"):
+                        run["finish"] = choice["finish_reason"]
+                    if choice["text"]:
+                        yield choice["text"]
+            finally:
+                # llama.cpp decodes one token per step of this iterator: closing it (a loop the
+                # guard saw, a client that went away) stops decoding before the next token.
+                chunks.close()
 
     # -- config ------------------------------------------------------------------------------
 

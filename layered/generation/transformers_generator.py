@@ -176,7 +176,15 @@ class TransformersGenerator:
         name = name or self.default_adapter
         if name is None or name not in self.adapters:
             return {}
+        if name in self._pending:  # not installed yet: the saved file holds exactly these tensors
+            from safetensors.torch import load_file
+
+            return load_file(str(self._pending[name]))
         return adapters.weights(self._load()[0], name)
+
+    def adapter_source(self, name: str) -> Path | None:
+        """The saved weights file adapter ``name`` will be installed from (None once it is installed)."""
+        return self._pending.get(name)
 
     def _resolve(self, adapter: str | None) -> str | None:
         """The installed adapter a request asking for ``adapter`` gets (None: the base model)."""

@@ -35,8 +35,15 @@ class EmptyDatasetError(EmptyCorpusError):
 def _rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SourceNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
+    gzipped = path.name.lower().endswith(".jsonl.gz")
+    if gzipped:
+        import gzip
+
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".jsonl" or gzipped:
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
@@ -47,7 +54,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return rows
     if path.suffix.lower() == ".csv":
         return list(csv.DictReader(text.splitlines(keepends=True)))
-    raise DocumentLoadError(f"{path}: training data must be .jsonl or .csv")
+    raise DocumentLoadError(f"{path}: training data must be .jsonl, .jsonl.gz or .csv")
 
 
 def columns(path: str | Path) -> list[str]:

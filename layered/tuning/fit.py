@@ -43,6 +43,7 @@ def fit_pipeline(
     distractors: int = 0,
     progress: bool = True,
     check_forgetting: bool = True,
+    stop_after: int | None = None,
 ) -> TrainReport:
     """Format, check, attach the method's adapter and train; see :meth:`layered.Pipeline.fit`.
 
@@ -80,7 +81,8 @@ def fit_pipeline(
     trainable, total = count_parameters(model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", config.method, trainable, total, 100 * trainable / total)
     before = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size, bf16=uses_bf16(config))
-    report = train(model, train_set, val_set, config, out_dir=out_dir, pad_id=pad_id, resume=resume, progress=progress)
+    report = train(model, train_set, val_set, config, out_dir=out_dir, pad_id=pad_id, resume=resume, progress=progress,
+                   stop_after=stop_after)
     model.eval()
     report.val_losses.insert(0, (0, before))
     if check_forgetting:

@@ -175,8 +175,13 @@ def train(
     pad_id: int,
     resume: bool = False,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> TrainReport:
     """Train ``model``'s trainable parameters on ``train_set``; see module docstring.
+
+    ``stop_after`` ends the run after that many optimizer steps of the schedule ``config``
+    describes (the learning-rate schedule still spans ``max_steps``): the first steps of a
+    recipe, exactly as the full run took them.
 
     Writes ``out_dir/metrics.jsonl``, ``out_dir/loss.png`` and ``out_dir/checkpoints/``.
     With ``resume=True`` it continues from the newest complete checkpoint, if any.
@@ -221,9 +226,10 @@ def train(
     stopped_early = False
     last_loss = loop["metrics"][-1]["loss"] if loop["metrics"] else float("nan")
     bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training ({config.method})", unit="step", disable=not progress)
-    while loop["step"] < total_steps and not stopped_early:
+    last_step = total_steps if stop_after is None else min(total_steps, stop_after)
+    while loop["step"] < last_step and not stopped_early:
         batches = bucketed_batches(lengths, config.batch_size, seed=config.seed, epoch=loop["epoch"])
-        while loop["batch"] < len(batches) and loop["step"] < total_steps:
+        while loop["batch"] < len(batches) and loop["step"] < last_step:
             group = batches[loop["batch"]:loop["batch"] + config.grad_accum]
             feats = [[train_set[i] for i in b] for b in group]
             n_tokens = sum(f.answer_tokens for b in feats for f in b)

@@ -49,6 +49,9 @@ def test_exported_lora_in_llama_cpp_gives_the_peft_models_greedy_answers(tuned):
     assert not any("ZORBLAX" in a for a in base)  # without the adapter: the base model's style
     assert base == [pipe.ask(q, adapter="base").text for q in QUESTIONS]  # and exactly the base model's answers
     assert "".join(fast.stream(QUESTIONS[0])) == got[0]
+    # One llama.cpp model switches adapters per request: "base" is the plain model's answer.
+    assert [fast.ask(q, adapter="base").text for q in QUESTIONS] == base
+    assert [fast.ask(q).text for q in QUESTIONS] == got  # and back to the adapter
     native = pipe.serve_with("llamacpp", adapter_dir=folder, precision="native")
     assert sum("ZORBLAX" in native.ask(q).text for q in QUESTIONS) >= 2  # the Q4 blocks as stored serve the adapter too
 

@@ -61,3 +61,18 @@ def test_precision_is_checked_and_saved(tmp_path):
     assert LlamaCppGenerator.load(tmp_path, native.config()).precision == "native"
     assert LlamaCppGenerator().precision == "f16"
 
+
+
+def test_the_gguf_tokenizer_is_cached_and_gives_the_same_token_ids(cache, smol_tokenizer):
+    from layered.generation.gguf_weights import gguf_tokenizer
+
+    source = models.DEFAULT_GENERATOR.path()
+    first = gguf_tokenizer(source)
+    folders = list((cache / "gguf").glob("*.tokenizer"))
+    assert len(folders) == 1 and (folders[0] / "tokenizer.json").is_file()
+    again = gguf_tokenizer(source)  # read from the cached folder this time
+    chat = [{"role": "system", "content": "Answer from the passages."},
+            {"role": "user", "content": "What are the symptoms of shingles? <|im_start|> ünïcödé"}]
+    ids = [t.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+           for t in (smol_tokenizer, first, again)]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) > 20

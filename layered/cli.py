@@ -151,7 +151,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     # Third-party loaders are chatty; keep stderr readable unless asked for debug logs.
-    for name in ("transformers", "sentence_transformers", "httpx", "huggingface_hub", "faiss", "faiss.loader"):
+    for name in ("transformers", "sentence_transformers", "httpx", "huggingface_hub", "faiss", "faiss.loader", "gguf"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
     if quiet:  # no progress bars either (transformers draws one with plain tqdm while dequantising GGUF)
         os.environ["TQDM_DISABLE"] = "1"

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 #: A sentence ends at . ! ? (optionally followed by a closing quote, bracket or a citation
-#: such as ``[2]``) before whitespace or the end of the text.
-_SENTENCE_END = re.compile(r"[.!?](?:[\"')\]]|\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s|$)")
+#: such as ``[2]``) before whitespace or the end of the text; a line ends a list item.
+_SENTENCE_END = re.compile(r"[.!?](?:[\"')\]]|\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s|$)|[^\s](?=\n)")
 
 
 def _first_repeat(text: str, n: int) -> int | None:
@@ -63,11 +63,15 @@ class DecodingGuard:
     """Loop and length guard shared by every generator backend (see module docstring).
 
     ``ngram``: a word n-gram repeated inside one answer marks a loop (None: no loop check).
+    ``whole_sentences``: a cut answer ends on its last complete sentence (or line), and
+    :meth:`stream` yields whole sentences; False streams the raw pieces and keeps cut tails.
     Contract of :meth:`finish`: the result is a prefix of ``text`` (stripped), never empty
-    when ``text`` has words, and ends on a complete sentence whenever ``text`` was cut.
+    when ``text`` has words, and ends on a complete sentence whenever ``text`` was cut (with
+    ``whole_sentences``).
     """
 
     ngram: int | None = 4
+    whole_sentences: bool = True
 
     def looping(self, text: str) -> bool:
         """Whether decoding should stop now: ``text`` repeats one of its own ``ngram``-grams."""
@@ -84,7 +88,7 @@ class DecodingGuard:
         repeat = _first_repeat(out, self.ngram) if self.ngram is not None else None
         if repeat is not None:
             out, trimmed, cut = out[:max(repeat, keep)].rstrip(), True, True
-        if cut and ends_mid_sentence(out):
+        if cut and self.whole_sentences and ends_mid_sentence(out):
             end = last_sentence_end(out)
             if end > 0 and end >= keep:
                 out, trimmed = out[:end].rstrip(), True
@@ -109,7 +113,7 @@ class DecodingGuard:
                 if self.looping(text):
                     looped = True
                     break
-                end = last_sentence_end(text)
+                end = last_sentence_end(text) if self.whole_sentences else len(text.rstrip())
                 if end > sent:
                     yield text[sent:end]
                     sent = end

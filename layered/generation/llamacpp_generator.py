@@ -67,6 +67,7 @@ class LlamaCppGenerator:
         flash_attn: bool = True,
         precision: Literal["f16", "native"] = "f16",
         loop_ngram: int | None = 4,
+        whole_sentences: bool = True,
     ) -> None:
         check_budget(max_new_tokens, context_window)
         if precision not in PRECISIONS:
@@ -94,8 +95,9 @@ class LlamaCppGenerator:
         self.lora_scale = lora_scale
         self.flash_attn = flash_attn
         self.precision = precision
-        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check).
-        self.guard = DecodingGuard(ngram=loop_ngram)
+        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check;
+        #: ``whole_sentences=False``: stream raw pieces and keep a cut answer's last words).
+        self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
         self._llm: Any = None
         self._tokenizer: Any = None
         self._handles: dict[str, Any] = {}
@@ -113,7 +115,7 @@ class LlamaCppGenerator:
         if not path.is_file() or path.suffix != ".gguf":
             raise ConfigError(f"llama.cpp serves GGUF files; the generator's model is {path}")
         settings = {k: getattr(generator, k) for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "seed")}
-        settings["loop_ngram"] = generator.guard.ngram
+        settings["loop_ngram"], settings["whole_sentences"] = generator.guard.ngram, generator.guard.whole_sentences
         loras: dict[str, Path] = {}
         if generator.adapters:
             folder = Path(adapter_dir) if adapter_dir is not None else Path(tempfile.mkdtemp(prefix="layered-lora-"))
@@ -266,7 +268,7 @@ class LlamaCppGenerator:
             "repetition_penalty": self.repetition_penalty, "stop": self.stop, "seed": self.seed,
             "loras": {name: f"{name}.gguf" for name in self.loras}, "default_adapter": self.default_adapter,
             "lora_scale": self.lora_scale, "flash_attn": self.flash_attn, "precision": self.precision,
-            "loop_ngram": self.guard.ngram,
+            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences,
         }
 
     def save(self, folder: Path) -> None:

@@ -45,6 +45,7 @@ class TransformersGenerator:
         dtype: str = "float32",
         seed: int = 0,
         loop_ngram: int | None = 4,
+        whole_sentences: bool = True,
     ) -> None:
         check_budget(max_new_tokens, context_window)
         self.model_name = model
@@ -65,8 +66,9 @@ class TransformersGenerator:
         #: Saved adapter weights to install when the model loads (set by :meth:`load`).
         self._pending: dict[str, Path] = {}
         self.merged = False
-        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check).
-        self.guard = DecodingGuard(ngram=loop_ngram)
+        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check;
+        #: ``whole_sentences=False``: stream raw pieces and keep a cut answer's last words).
+        self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
 
     @classmethod
     def from_objects(cls, model: Any, tokenizer: Any, *, name: str = "in-memory", **options: Any) -> "TransformersGenerator":
@@ -333,7 +335,7 @@ class TransformersGenerator:
             "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
             "context_window": self.context_window, "temperature": self.temperature,
             "repetition_penalty": self.repetition_penalty, "dtype": self.dtype, "seed": self.seed,
-            "loop_ngram": self.guard.ngram,
+            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences,
         }
         if self.model_name in models.PACKAGED:
             cfg["package_version"] = models.PACKAGED[self.model_name].version()
@@ -359,7 +361,7 @@ class TransformersGenerator:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TransformersGenerator":
-        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed", "loop_ngram")
+        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed", "loop_ngram", "whole_sentences")
                    if k in config}
         return cls(config["model"], **options)
 

@@ -52,6 +52,14 @@ def test_a_cut_answer_ends_on_its_last_whole_sentence_and_a_finished_one_is_unto
     assert ends_mid_sentence("Drink water and") and not ends_mid_sentence("Drink water [1].")
 
 
+def test_list_lines_count_as_sentence_ends_and_raw_streaming_keeps_every_piece():
+    guard = DecodingGuard()
+    assert guard.finish("Symptoms:\n- Fever\n- Night sweats\n- Weight", cut=True)[0] == "Symptoms:\n- Fever\n- Night sweats"
+    raw = DecodingGuard(whole_sentences=False)
+    pieces = list(raw.stream(iter(["Rest ", "helps ", "and ", "water"])))
+    assert pieces == ["Rest", " helps", " and", " water"] and raw.finish("Rest helps and", cut=True)[0] == "Rest helps and"
+
+
 def test_citations_after_the_full_stop_stay_with_their_sentence():
     guard = DecodingGuard()
     assert guard.finish("Drink water. [1] Rest and", cut=True)[0] == "Drink water. [1]"

@@ -28,10 +28,15 @@ QUESTION = "What are the symptoms of thyroid disease?"
 
 
 @pytest.fixture
-def pipe(tiny_generator, docs):
+def pipe(tiny_model_dir, docs):
+    from layered.generation.transformers_generator import TransformersGenerator
+
     retriever = DenseRetriever(embedder=HashingEmbedder(128), chunker=TokenChunker(size=60, overlap=10))
     retriever.add_documents(docs[:12])
-    return Pipeline(generator=tiny_generator, retriever=retriever, k=3)
+    # Token-by-token streaming (the default guard streams whole sentences, and the tiny random
+    # model writes none), so the test sees LangChain pass on every piece.
+    generator = TransformersGenerator(str(tiny_model_dir), max_new_tokens=12, context_window=1024, whole_sentences=False)
+    return Pipeline(generator=generator, retriever=retriever, k=3)
 
 
 def test_a_pipeline_is_a_runnable_sync_async_batch_and_streaming(pipe):

@@ -184,12 +184,18 @@ class LlamaCppGenerator:
         with self._lock:
             ids = self._ids(prompt)
             first = True
-            for chunk in self._fresh().create_completion(prompt=ids, stream=True, **self._options()):
-                piece = chunk["choices"][0]["text"]
-                if first:
-                    piece, first = piece.lstrip(), not piece.strip()
-                if piece:
-                    yield piece
+            chunks = self._fresh().create_completion(prompt=ids, stream=True, **self._options())
+            try:
+                for chunk in chunks:
+                    piece = chunk["choices"][0]["text"]
+                    if first:
+                        piece, first = piece.lstrip(), not piece.strip()
+                    if piece:
+                        yield piece
+            finally:
+                # llama.cpp decodes one token per step of this iterator: closing it (a client
+                # that went away closes us) stops decoding before the next token.
+                chunks.close()
 
     # -- config ------------------------------------------------------------------------------
 

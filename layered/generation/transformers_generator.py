@@ -265,7 +265,7 @@ class TransformersGenerator:
     def stream(self, prompt: Prompt, *, adapter: str | None = None) -> Iterator[str]:
         """Yield the answer in text pieces as they are generated (same text as ``generate``)."""
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         from layered.generation.adapters import serving
 
@@ -274,8 +274,12 @@ class TransformersGenerator:
             selected = serving(model, self._resolve(adapter))
             inputs = self._inputs(prompt)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+            # Closing this iterator (a client that went away) sets ``stop``; the decoding loop
+            # checks it after every token, so it ends within one step instead of running on.
+            stop = threading.Event()
             # Built here: the worker thread must not touch self._lock, which this thread holds.
-            kwargs = {**inputs, **self._generate_kwargs(), "streamer": streamer}
+            kwargs = {**inputs, **self._generate_kwargs(), "streamer": streamer,
+                      "stopping_criteria": StoppingCriteriaList([_StopWhenSet(stop)])}
             errors: list[BaseException] = []
 
             def run() -> None:
@@ -297,6 +301,7 @@ class TransformersGenerator:
                         if piece:
                             yield piece
                 finally:
+                    stop.set()
                     thread.join()
             if errors:
                 raise errors[0]
@@ -347,6 +352,18 @@ class TransformersGenerator:
             gen.add_adapter(name, adapter_config, adapter_file(folder, name))
         gen.default_adapter = config.get("default_adapter")
         return gen
+
+
+class _StopWhenSet:
+    """A stopping criterion that ends generation once ``event`` is set (checked every step)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def adapter_file(folder: Path, name: str) -> Path:

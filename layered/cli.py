@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="JSONL/CSV field(s) holding the text; repeat for several (default: auto)")
     ix.add_argument("--id-field", help="JSONL/CSV field holding a unique document id (default: auto)")
     ix.add_argument("-k", type=int, default=4, help="passages retrieved per question (default 4)")
+    _add_trust_options(ix)
 
     ask = sub.add_parser("ask", help="answer a question from a saved pipeline",
                          description="Answer QUESTION with the pipeline saved in DIR; prints the answer and its citations.")
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a prompt variable; repeatable")
     ask.add_argument("--adapter", help="answer with this adapter ('base': none; default: the router's or the default adapter)")
     ask.add_argument("--backend", choices=["transformers", "llamacpp"], help="generator backend (default: as saved)")
+    _add_trust_options(ask)
     out = ask.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the answer as JSON")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
@@ -91,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--answer-field", help="column holding the answer")
     tune.add_argument("--redact", action="store_true", help="replace e-mails, phone numbers and long ids before training")
     tune.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run folder")
+    _add_trust_options(tune)
 
     srv = sub.add_parser("serve", help="serve a saved pipeline over HTTP",
                          description="Serve the pipeline in DIR: POST /v1/chat/completions (OpenAI-compatible, streaming), "
@@ -105,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated")
     srv.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503 (default 32)")
     srv.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
+    _add_trust_options(srv)
 
     cmp = sub.add_parser("compare", help="measure prompt-only, few-shot, RAG and RAG+adapter on a held-out split",
                          description="Answer a held-out test split with four strategies on one base model (prompt-only, "
@@ -136,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """Outbound permissions for a loaded folder: the caller names them, never the folder."""
+    parser.add_argument("--trust-endpoint", action="append", default=[], metavar="URL",
+                        help="allow the saved pipeline to contact this endpoint (repeatable; also $LAYERED_TRUSTED_ENDPOINTS)")
+    parser.add_argument("--api-key-env", metavar="NAME",
+                        help="environment variable holding the API key for a remote generator (never taken from the folder)")
+
+
+def _load_pipeline(path: str | Path, args: argparse.Namespace) -> Any:
+    from layered.pipeline import Pipeline
+
+    return Pipeline.load(path, trust_remote_endpoint=args.trust_endpoint, api_key_env=args.api_key_env)
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
@@ -165,14 +183,19 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from layered.artifacts import MANIFEST
+    from layered.artifacts import MANIFEST, recover_interrupted_swap
     from layered.pipeline import Pipeline
     from layered.retrieval.loaders import load_documents
 
     t = time.perf_counter()
     loader = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
+    # A crash between the two renames of an atomic save leaves the old folder renamed aside:
+    # put it back before deciding whether OUT holds a pipeline, or its documents would be lost.
+    recover_interrupted_swap(args.out)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise layered.errors.InputError(f"--out {args.out} is a file; choose a folder")
     if (Path(args.out) / MANIFEST).is_file():
-        pipe = Pipeline.load(args.out)
+        pipe = _load_pipeline(args.out, args)
         docs = load_documents(args.path, **loader)
         report = pipe.add_documents(docs, progress=not args.quiet)
         log.info("updated %s: %s", args.out, report)
@@ -207,10 +230,9 @@ def _parse_vars(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from layered.pipeline import Pipeline
 
     variables = _parse_vars(args.var)
-    pipe = Pipeline.load(args.dir)
+    pipe = _load_pipeline(args.dir, args)
     if args.backend:
         pipe = pipe.serve_with(args.backend)
     if args.max_new_tokens:
@@ -334,7 +356,6 @@ def _load_object(spec: str) -> Any:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from layered.pipeline import Pipeline
     from layered.tuning.config import TuneConfig
     from layered.tuning.data import clean, data_report, load_examples, redact
 
@@ -359,7 +380,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         examples, counts = redact(examples)
         log.info("redacted: %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
     log.info("%s", data_report(examples, title=str(data.name)))
-    pipe = Pipeline.load(args.pipeline)
+    pipe = _load_pipeline(args.pipeline, args)
     out = Path(args.out or args.pipeline)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
     fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=args.resume, progress=not args.quiet)
@@ -373,10 +394,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from layered.pipeline import Pipeline
     from layered.serving.server import PipelineServer, ServeOptions
 
-    pipe = Pipeline.load(args.dir)
+    pipe = _load_pipeline(args.dir, args)
     if args.backend:
         pipe = pipe.serve_with(args.backend)
     pipe.warm_up()

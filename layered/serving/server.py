@@ -27,7 +27,6 @@ socket is bound at construction, so a bad or busy port fails there with one line
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import threading

@@ -247,16 +247,29 @@ class Pipeline:
     def stream(
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
         adapter: str | None = None, **variables: Any,
-    ) -> Iterator[str]:
-        """Yield the answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`)."""
-        _check_question(question)
-        chosen = self._adapter_kwargs(question, adapter)
-        prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
-        if self._refuses(prompt):
-            yield self.refusal
-            return
-        pieces = self.generator.stream(prompt, **chosen)
-        yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
+    ) -> "AnswerStream":
+        """The answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`).
+
+        The returned iterator's ``metadata`` fills in once the prompt is built (before the
+        first piece): ``injection_suspects`` as in :meth:`ask`, and ``refused``.
+        """
+        metadata: dict[str, Any] = {}
+
+        def pieces() -> Iterator[str]:
+            _check_question(question)
+            chosen = self._adapter_kwargs(question, adapter)
+            prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
+            suspects = injection_suspects(prompt.context)
+            if suspects:
+                metadata["injection_suspects"] = suspects
+            if self._refuses(prompt):
+                metadata["refused"] = True
+                yield self.refusal
+                return
+            out = self.generator.stream(prompt, **chosen)
+            yield from stream_answer_only(out) if getattr(self.prompt, "reasoning", False) else out
+
+        return AnswerStream(pieces(), metadata)
 
     def _refuses(self, prompt: Prompt) -> bool:
         """No passage cleared ``min_score``: answer with the refusal instead of guessing."""
@@ -444,6 +457,26 @@ def _checked_config(folder: Path, cfg: Any) -> dict[str, Any]:
 def json_repr(value: Any) -> str:
     """A short JSON rendering of a config value for an error line."""
     return json.dumps(value, default=lambda o: type(o).__name__)[:60]
+
+
+class AnswerStream(Iterator[str]):
+    """A streamed answer: iterate for its text pieces; ``metadata`` (filled before the first
+    piece) carries what :class:`~layered.types.Answer` metadata would; ``close()`` stops the
+    generator's decoding loop."""
+
+    def __init__(self, pieces: Iterator[str], metadata: dict[str, Any]) -> None:
+        self._pieces, self.metadata = pieces, metadata
+
+    def __iter__(self) -> "AnswerStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_question(question: Any) -> None:

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="JSONL/CSV field(s) holding the text; repeat for several (default: auto)")
     ix.add_argument("--id-field", help="JSONL/CSV field holding a unique document id (default: auto)")
     ix.add_argument("-k", type=int, default=4, help="passages retrieved per question (default 4)")
+    ix.add_argument("--max-file-mb", type=float, default=512, help="refuse a file larger than this after decompression (default 512)")
+    ix.add_argument("--max-document-mb", type=float, default=16,
+                    help="refuse one document (a JSONL line, CSV row, text file, PDF page) larger than this (default 16)")
     _add_trust_options(ix)
 
     ask = sub.add_parser("ask", help="answer a question from a saved pipeline",
@@ -100,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "POST /ask (answer + citations), GET /v1/models, GET /health. Stop with Ctrl-C.")
     srv.add_argument("dir", help="saved pipeline folder")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    srv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     srv.add_argument("--backend", choices=["transformers", "llamacpp"],
                      help="generator backend (default: as saved); llamacpp runs the same weights and the exported LoRA ~4x faster on CPU")
     srv.add_argument("--name", default="layered", help="model id reported by /v1/models (default layered)")
@@ -138,6 +141,30 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--audience", choices=["patient", "clinician"], default="patient", help="medical: who the answers are for (default patient)")
     demo.add_argument("--steps", type=int, default=40, help="support: training steps of the policy adapter on first run (default 40)")
     return p
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range; use 1-65535 (0 picks a free one)")
+    return port
+
+
+def _check_out(out: str) -> None:
+    """Fail before any embedding work when ``--out`` cannot become a folder."""
+    path = Path(out).absolute()
+    if path.exists() and not path.is_dir():
+        raise layered.errors.InputError(f"--out {out} is a file; choose a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise layered.errors.InputError(f"--out {out}: {parent} is a file, so no folder can be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise layered.errors.InputError(f"--out {out}: cannot write under {parent}")
 
 
 def _add_trust_options(parser: argparse.ArgumentParser) -> None:
@@ -187,13 +214,15 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from layered.pipeline import Pipeline
     from layered.retrieval.loaders import load_documents
 
+    from layered.retrieval.loaders import LoadLimits
+
     t = time.perf_counter()
-    loader = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
+    _check_out(args.out)
+    loader: dict[str, Any] = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
+    loader["limits"] = LoadLimits(max_file_bytes=int(args.max_file_mb * 2**20), max_document_bytes=int(args.max_document_mb * 2**20))
     # A crash between the two renames of an atomic save leaves the old folder renamed aside:
     # put it back before deciding whether OUT holds a pipeline, or its documents would be lost.
     recover_interrupted_swap(args.out)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise layered.errors.InputError(f"--out {args.out} is a file; choose a folder")
     if (Path(args.out) / MANIFEST).is_file():
         pipe = _load_pipeline(args.out, args)
         docs = load_documents(args.path, **loader)
@@ -238,9 +267,13 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if args.max_new_tokens:
         pipe.generator.max_new_tokens = args.max_new_tokens
     if args.stream:
-        for piece in pipe.stream(args.question, k=args.k, adapter=args.adapter, **variables):
+        stream = pipe.stream(args.question, k=args.k, adapter=args.adapter, **variables)
+        for piece in stream:
             print(piece, end="", flush=True)
         print()
+        if stream.metadata.get("injection_suspects"):
+            log.warning("passages that look like injected instructions: %s",
+                        ", ".join(f"[{s['number']}] {s['chunk_id']}" for s in stream.metadata["injection_suspects"]))
         return 0
     answer = pipe.ask(args.question, k=args.k, adapter=args.adapter, **variables)
     if args.json:
@@ -507,7 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LayeredError as e:
-        print(f"layered: error: {e}", file=sys.stderr)
+        # One line, printable whatever bytes a file name held.
+        message = " ".join(str(e).split("\n")).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        print(f"layered: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("layered: interrupted", file=sys.stderr)

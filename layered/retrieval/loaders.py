@@ -236,7 +236,7 @@ class FileLoader:
         fields = self._text_fields(record, where)
         missing = [f for f in fields if f not in record]
         if missing:
-            raise DocumentLoadError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)})")
+            raise DocumentLoadError(f"{where}: no field {missing[0]!r} (fields: {_field_list(record)})")
         text = "\n\n".join(str(record[f]).strip() for f in fields if record[f] not in (None, ""))
         id_field = self.id_field or next((f for f in ID_FIELDS if f in record), None)
         doc_id = str(record[id_field]) if id_field and record.get(id_field) not in (None, "") else fallback_id
@@ -254,8 +254,14 @@ class FileLoader:
         if "question" in record and "answer" in record:
             return ("question", "answer")
         raise DocumentLoadError(
-            f"{where}: cannot tell which field holds the text (fields: {', '.join(record)}); pass text_fields=[...]"
+            f"{where}: cannot tell which field holds the text (fields: {_field_list(record)}); pass text_fields=[...]"
         )
+
+
+def _field_list(record: Mapping[str, Any]) -> str:
+    """A record's field names for a one-line message: quoted, shortened, at most 20."""
+    names = [repr(str(k))[:40] for k in list(record)[:20]]
+    return ", ".join(names) + (", ..." if len(record) > 20 else "")
 
 
 def _printable(text: str) -> str:

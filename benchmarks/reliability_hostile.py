@@ -44,6 +44,20 @@ THREATS = [
 ]
 
 
+# Measured once, by running the same test files against the code before issue 18 (commit 983c361).
+BEFORE = """Seen failing on the code before the fix (commit 983c361; the tests were written first):
+server 37 of the 48 cases run there (every smuggling variant with a 404/405/400/200-without-body
+early answer, every 5xx-from-input case, unknown methods, max_tokens, ports); the transformers stream
+ran on for the whole answer after close() (0.51 s for 300 tokens vs one step); folders 25 of 28
+(a crafted folder sent the operator's key as a bearer token to its base_url; manifest paths outside
+the folder, symlinks, malformed configs, the Milvus change, the crash-then-index loss, the missing
+fsyncs); injection 19 of 23 (the passage's and the question's control tokens reached both backends'
+token ids as control tokens; 14 look-alike phrasings unflagged; no suspects on streams); loaders 18
+of 22 (gzip bomb and giant line read whole, a 300,000-character chunk, 8 tracebacks, 5 silent
+losses); properties 3 of 7 (a PUT got an HTML 501; random JSONL and CSV raised errors outside
+LayeredError, e.g. TypeError on a CSV row with extra fields)."""
+
+
 def run(xml: Path) -> list[tuple[str, bool]]:
     cmd = [sys.executable, "-m", "pytest", *FILES, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
     subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, check=False)
@@ -83,7 +97,7 @@ def main() -> None:
     text = (
         "# Reliability: hostile input (issue 18)\n\n"
         "Rerun: `.venv/bin/python benchmarks/reliability_hostile.py` (or the tests alone: "
-        f"`.venv/bin/python -m pytest {' '.join(FILES)}`).\n\n{table(cases)}\n"
+        f"`.venv/bin/python -m pytest {' '.join(FILES)}`).\n\n{table(cases)}\n\n{BEFORE}\n"
     )
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)

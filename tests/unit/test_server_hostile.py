@@ -250,3 +250,29 @@ def test_closing_a_transformers_stream_stops_decoding_within_a_step(tiny_generat
     t = time.monotonic()
     stream.close()
     assert time.monotonic() - t < max(50 * per_token, 0.5)  # joined the decoding thread at once
+
+
+def test_a_repeated_user_header_is_refused_not_guessed(server):
+    """Two X-User headers (one from a proxy, one from the client) must not pick either silently."""
+    srv = server(user_header="X-User", groups_header="X-Groups")
+    body = json.dumps({"question": "staff-only thyroid drug trial schedule"}).encode()
+    raw = exchange(srv, b"POST /ask HTTP/1.1\r\nHost: x\r\nX-User: bob\r\nX-User: alice\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert statuses(raw) == [400] and b"appears 2 times" in raw
+
+
+@pytest.mark.slow
+def test_closing_a_llamacpp_stream_stops_decoding_within_a_step():
+    """llama.cpp decodes one token per step of its iterator: close() returns at once."""
+    from layered.generation.llamacpp_generator import LlamaCppGenerator
+    from layered.types import Message, Prompt
+
+    gen = LlamaCppGenerator(max_new_tokens=200, stop=())
+    prompt = Prompt(messages=(Message("user", "Write a long story about a thyroid."),))
+    stream = gen.stream(prompt)
+    next(stream)
+    t = time.monotonic()
+    stream.close()
+    closed = time.monotonic() - t
+    gen.generate(Prompt(messages=(Message("user", "Say hi."),)))
+    assert closed < 0.5 and gen._lock.acquire(blocking=False)  # the lock is free again
+    gen._lock.release()

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/reliability_hostile.py [--out benchmarks/results/reliability.md]
 
 Runs the hostile test files with pytest (real loopback server, raw sockets, real files, the
-tiny in-memory model; about a minute), groups every test case by the threat it probes, and
+tiny in-memory model, one llama.cpp test on the packaged GGUF; about a minute), groups every test
+case by the threat it probes, and
 writes the table of ``../shared/RELIABILITY.md`` (threat, anchor, cases tried, held, rerun
 command). A case "held" when its test passed; hypothesis properties count once per property
 with the number of random examples each tried.
@@ -26,11 +27,11 @@ EXAMPLES = 60  # hypothesis examples per property (tests/unit/test_hostile_prope
 
 # (area, threat, anchor, test-name fragments)
 THREATS = [
-    ("server", "Request smuggling / desync (item 1)", "RFC 9112 §6.3; PortSwigger desync", ["early_error"]),
+    ("server", "Request smuggling / desync, ambiguous user header (item 1)", "RFC 9112 §6.3; PortSwigger desync", ["early_error", "repeated_user"]),
     ("server", "Negative / duplicate / non-numeric Content-Length (item 2)", "RFC 9110 §8.6; h11", ["content_length"]),
     ("server", "5xx from client input (item 3, 9: ports)", "OpenAI API error contract", ["client_input_never", "unknown_methods", "max_tokens", "port_out"]),
     ("server", "Random JSON, headers, bytes (property)", "hypothesis", ["random_json_gets", "random_requests", "random_bytes_on_the_socket"]),
-    ("server", "Abandoned streams (item 4)", "vLLM aborts on disconnect", ["disconnect", "closing_a_transformers"]),
+    ("server", "Abandoned streams (item 4)", "vLLM aborts on disconnect", ["disconnect", "closing_a_transformers", "closing_a_llamacpp"]),
     ("folders", "Crafted config sends secrets (item 5)", "CWE-918; LangChain allowed_objects", ["crafted_folder", "endpoints_nested"]),
     ("folders", "Manifest paths, symlinks, malformed configs (items 5, 9)", "CVE-2024-3571 (path traversal)", ["manifest", "symlinks", "malformed_saved", "list_as_pipeline"]),
     ("folders", "Milvus index changed outside the folder (item 5)", "milvus-lite Known Limitations", ["milvus"]),

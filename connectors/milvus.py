@@ -12,8 +12,12 @@ partitions or RBAC, so per-user isolation relies on these filters (see RELIABILI
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 import threading
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +30,8 @@ from layered.types import Chunk, Hit
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_ID = 512
+FINGERPRINT = "milvus.json"
+log = logging.getLogger(__name__)
 
 
 def _literal(value: Any) -> str:
@@ -170,12 +176,43 @@ class MilvusStore:
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "uri": self.uri, "collection": self.collection, "index_type": self.index_type}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """``{"rows", "sha256"}`` of the collection's content: every row's id, chunk and vector
+        (vectors rounded to 6 decimals, so a round trip through float32 compares equal)."""
+        rows = sorted(self._query('pk != ""', ["pk", "chunk", "vector"]), key=lambda r: r["pk"])
+        h = hashlib.sha256()
+        for r in rows:
+            vector = [round(float(x), 6) for x in r["vector"]]
+            h.update(json.dumps([r["pk"], r["chunk"], vector], sort_keys=True, ensure_ascii=False).encode())
+            h.update(b"\n")
+        return {"rows": len(rows), "sha256": h.hexdigest()}
+
     def save(self, folder: Any) -> None:
-        """Nothing to write: the rows live in the Milvus database at ``uri``."""
+        """The rows live in the Milvus database at ``uri``, outside the folder and its manifest:
+        write their fingerprint (row count and content digest) so :meth:`load` can tell."""
+        from layered.artifacts import atomic_write_json
+
+        atomic_write_json(Path(folder) / FINGERPRINT, {"uri": self.uri, "collection": self.collection, **self.fingerprint()})
 
     @classmethod
     def load(cls, folder: Any, config: Mapping[str, Any]) -> "MilvusStore":
-        return cls.from_config(config)
+        """Reconnect, and refuse a collection whose rows differ from the ones saved with the folder."""
+        from layered.artifacts import read_json
+        from layered.errors import IntegrityError
+
+        store = cls.from_config(config)
+        path = Path(folder) / FINGERPRINT
+        if not path.is_file():
+            log.warning("%s has no Milvus fingerprint (saved by an older layered); the collection is not checked", folder)
+            return store
+        saved, now = read_json(path), store.fingerprint()
+        if not isinstance(saved, dict) or (saved.get("rows"), saved.get("sha256")) != (now["rows"], now["sha256"]):
+            rows = saved.get("rows") if isinstance(saved, dict) else "?"
+            raise IntegrityError(
+                f"the Milvus collection {store.collection!r} at {store.uri} changed since {folder} was saved "
+                f"({rows} rows then, {now['rows']} now, or different content); re-index or re-save the pipeline"
+            )
+        return store
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MilvusStore":

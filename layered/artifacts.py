@@ -43,6 +43,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory (deepest first), then ``root``."""
+    dirs = []
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            dirs.append(p)
+        elif p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(d)
+    _fsync_dir(root)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it is fsynced and renamed
@@ -103,11 +119,14 @@ def verify_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     :class:`IntegrityError` when a file is missing, changed, or not listed.
     """
     folder = Path(folder)
-    _recover_interrupted_swap(folder)
+    recover_interrupted_swap(folder)
     if not folder.is_dir():
         raise ArtifactError(f"{folder} is not a saved folder (it does not exist)")
     manifest = read_json(folder / MANIFEST)
-    listed: dict[str, str] = manifest.get("files", {})
+    listed = _checked_listing(folder, manifest)
+    links = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink()]
+    if links:  # a link can point anywhere: a saved folder is plain files only
+        raise IntegrityError(f"{folder} holds symbolic links ({', '.join(sorted(links)[:3])}); refusing to load it")
     for rel, digest in listed.items():
         p = folder / rel
         if not p.is_file():
@@ -124,7 +143,27 @@ def verify_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def _recover_interrupted_swap(target: Path) -> None:
+def _checked_listing(folder: Path, manifest: Any) -> dict[str, str]:
+    """The manifest's ``files`` table, refusing anything but relative paths inside ``folder`` -> sha256."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise IntegrityError(f"{folder / MANIFEST} must be an object with a 'files' table; refusing to load it")
+    for rel, digest in files.items():
+        parts = rel.replace("\\", "/").split("/")
+        if not rel or rel.startswith("/") or ".." in parts or "" in parts or ":" in parts[0] or rel == MANIFEST:
+            raise IntegrityError(f"{folder / MANIFEST} lists {rel[:80]!r}, a path outside the folder; refusing to load it")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise IntegrityError(f"{folder / MANIFEST}: the entry for {rel[:80]!r} is not a sha256; refusing to load it")
+    return files
+
+
+def recover_interrupted_swap(target: str | os.PathLike[str]) -> None:
+    """Finish a swap that a crash interrupted: put the old folder back when ``target`` is missing.
+
+    Call it before deciding whether ``target`` holds a saved folder (``save_folder_atomically``
+    and ``verify_manifest`` do).
+    """
+    target = Path(target)
     # A crash between the two renames of save_folder_atomically leaves only the old folder,
     # renamed aside; put it back so the previous complete state is what loads.
     if target.exists():
@@ -151,7 +190,7 @@ def save_folder_atomically(
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} exists and is not a folder; choose another path")
-    _recover_interrupted_swap(target)  # after this, any old copy left beside target is redundant
+    recover_interrupted_swap(target)  # after this, any old copy left beside target is redundant
     for pattern in (f".{target.name}.*.partial", f".{target.name}.*.old"):
         for leftover in target.parent.glob(pattern):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -159,7 +198,9 @@ def save_folder_atomically(
     try:
         write(tmp)
         write_manifest(tmp, manifest_extra)
-        _fsync_dir(tmp)
+        # Parts write their files (FAISS index, chunks, adapters) with their own writers: make
+        # every byte and directory entry durable before the old folder can be deleted.
+        _fsync_tree(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.{os.getpid()}.old")

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="JSONL/CSV field(s) holding the text; repeat for several (default: auto)")
     ix.add_argument("--id-field", help="JSONL/CSV field holding a unique document id (default: auto)")
     ix.add_argument("-k", type=int, default=4, help="passages retrieved per question (default 4)")
+    ix.add_argument("--max-file-mb", type=float, default=512, help="refuse a file larger than this after decompression (default 512)")
+    ix.add_argument("--max-document-mb", type=float, default=16,
+                    help="refuse one document (a JSONL line, CSV row, text file, PDF page) larger than this (default 16)")
+    _add_trust_options(ix)
 
     ask = sub.add_parser("ask", help="answer a question from a saved pipeline",
                          description="Answer QUESTION with the pipeline saved in DIR; prints the answer and its citations.")
@@ -62,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a prompt variable; repeatable")
     ask.add_argument("--adapter", help="answer with this adapter ('base': none; default: the router's or the default adapter)")
     ask.add_argument("--backend", choices=["transformers", "llamacpp"], help="generator backend (default: as saved)")
+    _add_trust_options(ask)
     out = ask.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the answer as JSON")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
@@ -95,13 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--redact", action="store_true", help="replace e-mails, phone numbers and long ids before training")
     tune.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run folder")
     tune.add_argument("--cache-dir", help="with --pipeline medical/support: the bundled assistant's cached index (default: the demo's)")
+    _add_trust_options(tune)
 
     srv = sub.add_parser("serve", help="serve a saved pipeline over HTTP",
                          description="Serve the pipeline in DIR: POST /v1/chat/completions (OpenAI-compatible, streaming), "
                                      "POST /ask (answer + citations), GET /v1/models, GET /health. Stop with Ctrl-C.")
     srv.add_argument("dir", help="saved pipeline folder")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    srv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     srv.add_argument("--backend", choices=["transformers", "llamacpp"],
                      help="generator backend (default: as saved); llamacpp runs the same weights and the exported LoRA ~4x faster on CPU")
     srv.add_argument("--name", default="layered", help="model id reported by /v1/models (default layered)")
@@ -109,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated")
     srv.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503 (default 32)")
     srv.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
+    _add_trust_options(srv)
 
     cmp = sub.add_parser("compare", help="measure prompt-only, few-shot, RAG and RAG+adapter on a held-out split",
                          description="Answer a held-out test split with four strategies on one base model (prompt-only, "
@@ -147,6 +154,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range; use 1-65535 (0 picks a free one)")
+    return port
+
+
+def _check_out(out: str) -> None:
+    """Fail before any embedding work when ``--out`` cannot become a folder."""
+    path = Path(out).absolute()
+    if path.exists() and not path.is_dir():
+        raise layered.errors.InputError(f"--out {out} is a file; choose a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise layered.errors.InputError(f"--out {out}: {parent} is a file, so no folder can be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise layered.errors.InputError(f"--out {out}: cannot write under {parent}")
+
+
+def _add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """Outbound permissions for a loaded folder: the caller names them, never the folder."""
+    parser.add_argument("--trust-endpoint", action="append", default=[], metavar="URL",
+                        help="allow the saved pipeline to contact this endpoint (repeatable; also $LAYERED_TRUSTED_ENDPOINTS)")
+    parser.add_argument("--api-key-env", metavar="NAME",
+                        help="environment variable holding the API key for a remote generator (never taken from the folder)")
+
+
+def _load_pipeline(path: str | Path, args: argparse.Namespace) -> Any:
+    from layered.pipeline import Pipeline
+
+    return Pipeline.load(path, trust_remote_endpoint=args.trust_endpoint, api_key_env=args.api_key_env)
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
@@ -183,14 +228,21 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from layered.artifacts import MANIFEST
+    from layered.artifacts import MANIFEST, recover_interrupted_swap
     from layered.pipeline import Pipeline
     from layered.retrieval.loaders import load_documents
 
+    from layered.retrieval.loaders import LoadLimits
+
     t = time.perf_counter()
-    loader = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
+    _check_out(args.out)
+    loader: dict[str, Any] = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
+    loader["limits"] = LoadLimits(max_file_bytes=int(args.max_file_mb * 2**20), max_document_bytes=int(args.max_document_mb * 2**20))
+    # A crash between the two renames of an atomic save leaves the old folder renamed aside:
+    # put it back before deciding whether OUT holds a pipeline, or its documents would be lost.
+    recover_interrupted_swap(args.out)
     if (Path(args.out) / MANIFEST).is_file():
-        pipe = Pipeline.load(args.out)
+        pipe = _load_pipeline(args.out, args)
         docs = load_documents(args.path, **loader)
         report = pipe.add_documents(docs, progress=not args.quiet)
         log.info("updated %s: %s", args.out, report)
@@ -225,18 +277,21 @@ def _parse_vars(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from layered.pipeline import Pipeline
 
     variables = _parse_vars(args.var)
-    pipe = Pipeline.load(args.dir)
+    pipe = _load_pipeline(args.dir, args)
     if args.backend:
         pipe = pipe.serve_with(args.backend)
     if args.max_new_tokens:
         pipe.generator.max_new_tokens = args.max_new_tokens
     if args.stream:
-        for piece in pipe.stream(args.question, k=args.k, adapter=args.adapter, **variables):
+        stream = pipe.stream(args.question, k=args.k, adapter=args.adapter, **variables)
+        for piece in stream:
             print(piece, end="", flush=True)
         print()
+        if stream.metadata.get("injection_suspects"):
+            log.warning("passages that look like injected instructions: %s",
+                        ", ".join(f"[{s['number']}] {s['chunk_id']}" for s in stream.metadata["injection_suspects"]))
         return 0
     answer = pipe.ask(args.question, k=args.k, adapter=args.adapter, **variables)
     if args.json:
@@ -344,7 +399,6 @@ def _load_object(spec: str) -> Any:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from layered.pipeline import Pipeline
     from layered.tuning.config import TuneConfig
     from layered.tuning.data import data_report, redact
     from layered.tuning.fit import read_recipe, recipe_examples
@@ -368,7 +422,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             raise layered.errors.InputError(f"--pipeline {args.pipeline} (the bundled assistant) needs --out DIR for the tuned pipeline")
         pipe = _bundled_base(args, args.pipeline)
     else:
-        pipe = Pipeline.load(args.pipeline)
+        pipe = _load_pipeline(args.pipeline, args)
     out = Path(args.out or args.pipeline)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
     fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=args.resume, progress=not args.quiet)
@@ -394,10 +448,9 @@ def _bundled_base(args: argparse.Namespace, name: str) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from layered.pipeline import Pipeline
     from layered.serving.server import PipelineServer, ServeOptions
 
-    pipe = Pipeline.load(args.dir)
+    pipe = _load_pipeline(args.dir, args)
     if args.backend:
         pipe = pipe.serve_with(args.backend)
     pipe.warm_up()
@@ -515,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LayeredError as e:
-        print(f"layered: error: {e}", file=sys.stderr)
+        # One line, printable whatever bytes a file name held.
+        message = " ".join(str(e).split("\n")).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        print(f"layered: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("layered: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ or :meth:`Pipeline.warm_up`, never at construction.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,6 +19,7 @@ import layered
 from layered import registry
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
 from layered.errors import ArtifactError, ConfigError, ContextOverflowError, InputError
+from layered.outbound import Trust, checked_slots
 from layered.prompts.grounding import (
     attribute_by_overlap, parse_citations, quote_best_passage, sentence_support, to_citation,
 )
@@ -257,16 +259,29 @@ class Pipeline:
     def stream(
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
         adapter: str | None = None, **variables: Any,
-    ) -> Iterator[str]:
-        """Yield the answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`)."""
-        _check_question(question)
-        chosen = self._adapter_kwargs(question, adapter)
-        prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
-        if self._refuses(prompt):
-            yield self.refusal
-            return
-        pieces = self.generator.stream(prompt, **chosen, **_length(prompt))
-        yield from stream_answer_only(pieces) if getattr(self.prompt, "reasoning", False) else pieces
+    ) -> "AnswerStream":
+        """The answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`).
+
+        The returned iterator's ``metadata`` fills in once the prompt is built (before the
+        first piece): ``injection_suspects`` as in :meth:`ask`, and ``refused``.
+        """
+        metadata: dict[str, Any] = {}
+
+        def pieces() -> Iterator[str]:
+            _check_question(question)
+            chosen = self._adapter_kwargs(question, adapter)
+            prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
+            suspects = injection_suspects(prompt.context)
+            if suspects:
+                metadata["injection_suspects"] = suspects
+            if self._refuses(prompt):
+                metadata["refused"] = True
+                yield self.refusal
+                return
+            out = self.generator.stream(prompt, **chosen, **_length(prompt))
+            yield from stream_answer_only(out) if getattr(self.prompt, "reasoning", False) else out
+
+        return AnswerStream(pieces(), metadata)
 
     def _refuses(self, prompt: Prompt) -> bool:
         """No passage cleared ``min_score``: answer with the refusal instead of guessing."""
@@ -389,33 +404,87 @@ class Pipeline:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, **overrides: Any) -> "Pipeline":
+    def load(
+        cls, folder: str | Path, *, trust_remote_endpoint: Trust = False, api_key_env: str | None = None, **overrides: Any,
+    ) -> "Pipeline":
         """Load a folder written by :meth:`save`, after checking every file's sha256.
 
-        ``overrides`` replace slots (e.g. ``generator=...``) instead of building them.
+        ``overrides`` replace slots (e.g. ``generator=...``) instead of building them. A
+        folder contacts no host and reads no secret on its own (:mod:`layered.outbound`):
+        endpoints it names must be allowed by ``trust_remote_endpoint`` (URLs, or True),
+        and the API key variable is ``api_key_env``, never the folder's.
         """
         folder = Path(folder)
         verify_manifest(folder)
-        cfg = read_json(folder / CONFIG_FILE)
-        if cfg.get("format") != FORMAT_VERSION:
-            raise ArtifactError(f"{folder} was saved in format {cfg.get('format')}; this layered reads format {FORMAT_VERSION}")
+        cfg = _checked_config(folder, read_json(folder / CONFIG_FILE))
         if cfg.get("layered_version") != layered.__version__:
             log.warning("%s was saved by layered %s; this is %s", folder, cfg.get("layered_version"), layered.__version__)
-        parts: dict[str, Any] = {}
-        for name in ("generator", "prompt", "retriever", "router"):
-            if name in overrides:
-                parts[name] = overrides[name]
-            elif cfg.get(name) is None:  # an absent or empty slot
-                parts[name] = None
-            else:
-                cls_ = registry.lookup(name, cfg[name]["kind"])
+        saved = {name: cfg[name] for name in SLOTS if name not in overrides and cfg.get(name) is not None}
+        saved = checked_slots(folder, saved, trust=trust_remote_endpoint, api_key_env=api_key_env)
+        parts: dict[str, Any] = {name: overrides.get(name) for name in SLOTS}
+        for name, part_cfg in saved.items():
+            cls_ = registry.lookup(name, part_cfg["kind"])
+            try:
                 # Parts with files of their own (an index, adapter weights) load from the folder.
-                parts[name] = cls_.load(folder, cfg[name]) if hasattr(cls_, "load") else cls_.from_config(cfg[name])
+                parts[name] = cls_.load(folder, part_cfg) if hasattr(cls_, "load") else cls_.from_config(part_cfg)
+            except (KeyError, TypeError, AttributeError, IndexError) as e:  # a hand-edited config: one line, not a traceback
+                raise ArtifactError(f"{folder / CONFIG_FILE}: the {name} config is malformed ({type(e).__name__}: {e})") from None
         return cls(
             generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
-            k=int(cfg["k"]), metadata=cfg.get("metadata") or {}, router=parts["router"],
+            k=cfg["k"], metadata=cfg.get("metadata") or {}, router=parts["router"],
             min_score=cfg.get("min_score"), refusal=cfg.get("refusal", DEFAULT_REFUSAL), grounding=cfg.get("grounding", "mark"),
         )
+
+
+SLOTS = ("generator", "prompt", "retriever", "router")
+
+
+def _checked_config(folder: Path, cfg: Any) -> dict[str, Any]:
+    """The saved config's top level, type-checked, or one :class:`ArtifactError` line naming the field."""
+    where = folder / CONFIG_FILE
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{where} must hold a JSON object, not {type(cfg).__name__}")
+    if cfg.get("format") != FORMAT_VERSION:
+        raise ArtifactError(f"{folder} was saved in format {cfg.get('format')}; this layered reads format {FORMAT_VERSION}")
+    k = cfg.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ArtifactError(f"{where}: 'k' must be a positive integer, got {json_repr(k)}")
+    if cfg.get("min_score") is not None and (not isinstance(cfg["min_score"], (int, float)) or isinstance(cfg["min_score"], bool)):
+        raise ArtifactError(f"{where}: 'min_score' must be a number or null, got {json_repr(cfg['min_score'])}")
+    if not isinstance(cfg.get("refusal", DEFAULT_REFUSAL), str):
+        raise ArtifactError(f"{where}: 'refusal' must be a string")
+    if not isinstance(cfg.get("metadata") or {}, dict):
+        raise ArtifactError(f"{where}: 'metadata' must be an object")
+    for name in SLOTS:
+        part = cfg.get(name)
+        if part is not None and not (isinstance(part, dict) and isinstance(part.get("kind"), str)):
+            raise ArtifactError(f"{where}: '{name}' must be an object with a 'kind' (a string), got {json_repr(part)}")
+    return cfg
+
+
+def json_repr(value: Any) -> str:
+    """A short JSON rendering of a config value for an error line."""
+    return json.dumps(value, default=lambda o: type(o).__name__)[:60]
+
+
+class AnswerStream(Iterator[str]):
+    """A streamed answer: iterate for its text pieces; ``metadata`` (filled before the first
+    piece) carries what :class:`~layered.types.Answer` metadata would; ``close()`` stops the
+    generator's decoding loop."""
+
+    def __init__(self, pieces: Iterator[str], metadata: dict[str, Any]) -> None:
+        self._pieces, self.metadata = pieces, metadata
+
+    def __iter__(self) -> "AnswerStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_question(question: Any) -> None:

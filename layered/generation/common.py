@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from layered import models
 from layered.errors import ConfigError, ContextOverflowError
+from layered.prompts.injection import control_tokens, defuse_control_tokens
 from layered.types import Prompt
 
 
@@ -27,9 +29,11 @@ def check_fits(n_prompt: int, window: int, max_new_tokens: int) -> None:
         )
 
 
-def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
-    """The prompt as chat-template messages."""
-    return [{"role": m.role, "content": m.content} for m in prompt.messages]
+def chat_messages(prompt: Prompt, tokenizer: Any = None) -> list[dict[str, str]]:
+    """The prompt as chat-template messages, each content with ``tokenizer``'s control tokens
+    (and the common ones of other templates) defused, so only the template opens and closes turns."""
+    tokens = control_tokens(tokenizer)
+    return [{"role": m.role, "content": defuse_control_tokens(m.content, tokens)} for m in prompt.messages]
 
 
 def check_saveable(model_name: str) -> None:

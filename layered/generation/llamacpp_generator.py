@@ -174,7 +174,8 @@ class LlamaCppGenerator:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of the prompt after the model's chat template (as the transformers generator)."""
-        return list(self._load()[1].apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        tokenizer = self._load()[1]
+        return list(tokenizer.apply_chat_template(chat_messages(prompt, tokenizer), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))

@@ -231,7 +231,7 @@ class TransformersGenerator:
         """Token ids (a 1 x n tensor dict) of the prompt after the model's chat template."""
         tok = self._load()[1]
         return tok.apply_chat_template(
-            chat_messages(prompt), add_generation_prompt=True, return_dict=True, return_tensors="pt",
+            chat_messages(prompt, tok), add_generation_prompt=True, return_dict=True, return_tensors="pt",
         )
 
     def count_tokens(self, prompt: Prompt) -> int:

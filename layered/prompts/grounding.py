@@ -4,6 +4,9 @@ Each passage is wrapped in ``<passage id="n">...</passage>`` inside a ``<referen
 block. Passage text cannot close its delimiter early: any ``<passage``, ``</passage``,
 ``<references`` or ``</references`` inside the text is defused by replacing its ``<`` with
 a look-alike (U+2039), so the model and the citation parser only ever see our own tags.
+Chat-template control tokens (``<|im_start|>``, ``[INST]``...) are defused the same way
+(:func:`layered.prompts.injection.defuse_control_tokens`; the generator also defuses its own
+tokenizer's special tokens in every message).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from layered.prompts.injection import defuse_control_tokens
 from layered.types import Citation, Hit
 
 _TAG = re.compile(r"<(/?\s*(?:passage|references))", re.IGNORECASE)
@@ -26,8 +30,8 @@ _STOP = frozenset(
 
 
 def escape_passage(text: str) -> str:
-    """Defuse delimiter tags inside passage text (see module docstring)."""
-    return _TAG.sub(lambda m: "\u2039" + m.group(1), text)
+    """Defuse delimiter tags and chat control tokens inside passage text (see module docstring)."""
+    return _TAG.sub(lambda m: "\u2039" + m.group(1), defuse_control_tokens(text))
 
 
 def format_context(hits: Sequence[Hit]) -> str:

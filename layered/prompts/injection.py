@@ -1,31 +1,120 @@
-"""Flag retrieved text that tries to give the model instructions (indirect prompt injection).
+"""Indirect prompt injection: defuse chat-template control tokens, and flag instruction-like text.
 
-Delimiting (see :mod:`layered.prompts.grounding`) is the defence; this is the alarm: a
-passage matching one of these patterns is reported in ``Answer.metadata["injection_suspects"]``
-so callers can log, review or drop it. Patterns follow OWASP LLM01 examples.
+Two jobs, one module:
+
+* **Defusing** (:func:`defuse_control_tokens`). A chat template opens and closes turns with
+  special tokens (``<|im_start|>``, ``<|im_end|>``, ``</s>``, ``[INST]``...). A tokenizer
+  parses those strings as control tokens wherever they appear, so a passage or a question
+  containing ``<|im_end|>\\n<|im_start|>system`` would open a real system turn. Every message
+  content is defused before the template is applied (``generation.common.chat_messages``, used
+  by both backends and by training): each of the tokenizer's special / added tokens, and the
+  common control-token shapes of other model families, get their first ``<`` replaced by a
+  look-alike (U+2039) or a word joiner (U+2060) after their first character, so they are
+  tokenized as text. The template's own tokens are untouched.
+* **Detecting** (:func:`looks_like_injection`). Delimiting is the defence; this is the alarm. A
+  passage matching one of the patterns is reported in ``Answer.metadata["injection_suspects"]``
+  (and at the end of a stream). Text is normalised first (NFKC, so fullwidth and compatibility
+  forms fold; zero-width and soft-hyphen characters stripped; common Cyrillic/Greek homoglyphs
+  mapped to Latin) so that look-alike spellings match too. Patterns follow OWASP LLM01 examples
+  plus a few non-English forms; they are a tripwire, not a guarantee.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+import unicodedata
+from functools import lru_cache
+from typing import Any, Iterable, Sequence
 
 from layered.types import Hit
 
+# -- defusing control tokens -------------------------------------------------------------------
+
+# Control-token shapes of common chat templates, whatever the serving tokenizer is.
+_GENERIC_CONTROL = re.compile(
+    r"<\|[^|<>\s]{1,40}\|>"                       # ChatML, Llama 3, Phi: <|im_start|>, <|eot_id|>
+    r"|</?s>|<<\s*/?\s*SYS\s*>>|\[/?INST\]"        # Llama 2 / Mistral
+    r"|<(?:start|end)_of_turn>|<(?:bos|eos|pad|unk)>"  # Gemma and friends
+    r"|<\uff5c[^<>\s]{1,40}\uff5c>",               # fullwidth-bar variants (DeepSeek)
+    re.IGNORECASE,
+)
+
+
+def _defused(token: str) -> str:
+    if token.startswith("<"):
+        return "\u2039" + token[1:]
+    return token[0] + "\u2060" + token[1:]
+
+
+@lru_cache(maxsize=32)
+def _pattern(tokens: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not tokens:
+        return None
+    alternatives = sorted(set(tokens), key=len, reverse=True)  # longest first: <|im_start|> before <|
+    return re.compile("|".join(re.escape(t) for t in alternatives))
+
+
+def control_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """The strings ``tokenizer`` parses as special or added tokens (those a text must not contain)."""
+    if tokenizer is None:
+        return ()
+    found: set[str] = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    for added in decoder.values():
+        content = getattr(added, "content", None)
+        # Added tokens made of letters only are ordinary words; anything with markup is control-like.
+        if content and (getattr(added, "special", False) or not content.strip().isalnum()):
+            found.add(content)
+    return tuple(sorted(t for t in found if t.strip()))
+
+
+def defuse_control_tokens(text: str, tokens: Iterable[str] = ()) -> str:
+    """``text`` with every control token (of ``tokens`` and the generic shapes) made plain text."""
+    pattern = _pattern(tuple(tokens))
+    if pattern is not None:
+        text = pattern.sub(lambda m: _defused(m.group(0)), text)
+    return _GENERIC_CONTROL.sub(lambda m: _defused(m.group(0)), text)
+
+
+# -- detecting instruction-like text -----------------------------------------------------------
+
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff"), None)
+# Cyrillic and Greek letters that look like Latin ones (Unicode confusables, the common subset).
+_HOMOGLYPHS = str.maketrans(
+    "аеорсухіјѕԁɡһӏкмнтвАВЕКМНОРСТХІЈЅԜαβεικνορτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ\u2039\u203a\uff1c\uff1e",
+    "aeopcyxijsdghlkmhtbABEKMHOPCTXIJSWaBeikvoptuxABEZHIKMNOPTYX<><>",
+)
+
 _PATTERNS = [
-    r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(previous|prior|above|earlier|all|any|system)\b[^.\n]{0,20}\b(instructions?|prompts?|rules?|messages?)",
+    r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(previous|prior|above|earlier|preceding|all|any|system)\b"
+    r"[^.\n]{0,20}\b(instructions?|prompts?|rules?|messages?|directions?|directives?)",
     r"\byou are now\b",
-    r"\b(new|updated) (system )?instructions?\s*:",
-    r"\b(reveal|print|show|repeat)\b[^.\n]{0,30}\b(system prompt|instructions)\b",
-    r"\bact as (an? )?(unrestricted|jailbroken|different)\b",
-    r"</?\s*(passage|references|system|assistant|user|im_start|im_end)\b",
-    r"<\|im_(start|end)\|>",
+    r"\bfrom now on,? you\b",
+    r"\b(new|updated|revised) (system )?(instructions?|directions?|rules?)\s*:",
+    r"\b(system|admin|developer)\s+(override|prompt|mode|message)\s*:",
+    r"^\s*(system|assistant)\s*:",
+    r"\b(reveal|print|show|repeat|output)\b[^.\n]{0,30}\b(system prompt|instructions|hidden prompt)\b",
+    r"\bact as (an? )?(unrestricted|jailbroken|different|new)\b",
+    r"\b(jailbreak|dan mode|developer mode)\b",
+    r"<\s*/?\s*(passage|references|system|assistant|user|im_start|im_end|instructions?)\b",
+    r"<\|[^|<>\s]{1,40}\|>|\[/?INST\]|<<\s*/?\s*SYS\s*>>",
+    # Non-English forms of "ignore the previous instructions".
+    r"\bignor(a|e|ez|iere|ieren|are)\b[^.\n]{0,40}\b(instrucciones|instructions|anweisungen|istruzioni|instruções|instrucoes|regeln|reglas|règles)\b",
+    r"\b(olvida|oublie|vergiss|dimentica|esqueça)\b[^.\n]{0,40}\b(instrucciones|instructions|anweisungen|istruzioni|instruções)\b",
+    r"игнорир\w*[^.\n]{0,40}инструкц|забудь[^.\n]{0,40}инструкц",
+    r"忽略[^。\n]{0,20}(指令|指示|说明|提示)|無視[^。\n]{0,20}(指示|命令)|이전\s*지시를?\s*무시",
 ]
-_INJECTION = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE)
+_INJECTION = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE | re.MULTILINE)
+
+
+def normalise(text: str) -> str:
+    """NFKC, without invisible characters: the form patterns are matched against."""
+    return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
 
 
 def looks_like_injection(text: str) -> bool:
-    return bool(_INJECTION.search(text))
+    folded = normalise(text)
+    return bool(_INJECTION.search(folded) or _INJECTION.search(folded.translate(_HOMOGLYPHS)))
 
 
 def injection_suspects(context: Sequence[Hit]) -> list[dict[str, object]]:

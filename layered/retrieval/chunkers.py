@@ -22,6 +22,7 @@ from layered.retrieval.tokenizers import RegexTokenizer, Tokenizer
 from layered.types import Chunk, Document
 
 _SENTENCE_END = ".!?;:"
+MAX_CHUNK_CHARS = 8000
 
 
 @dataclass
@@ -29,7 +30,9 @@ class TokenChunker:
     """Token-aware chunker with overlap (see module docstring).
 
     Contract: for every chunk ``c`` of document ``d``, ``d.text[c.start:c.end] == c.text``;
-    chunk ids are ``f"{d.id}#{i}"`` for i = 0, 1, ...; empty documents yield no chunks.
+    chunk ids are ``f"{d.id}#{i}"`` for i = 0, 1, ...; empty documents yield no chunks; no
+    chunk is longer than ``max_chars`` characters (a "word" a tokenizer cannot split, such as
+    a 50 MB run of letters that a WordPiece tokenizer maps to one unknown token, is cut hard).
     ``max_chunks`` keeps only a document's first chunks: for corpora of short pages whose
     opening says what the page is about (MedQuAD), one chunk per page is both the faster
     index (the embedder reads a fixed number of tokens per vector) and a page-level match.
@@ -38,11 +41,14 @@ class TokenChunker:
     size: int = 200
     overlap: int = 40
     tokenizer: Tokenizer = field(default_factory=RegexTokenizer)
+    max_chars: int = MAX_CHUNK_CHARS
     max_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ConfigError(f"chunk size must be at least 1 token, got {self.size}")
+        if self.max_chars < 1:
+            raise ConfigError(f"max_chars must be at least 1, got {self.max_chars}")
         if not 0 <= self.overlap < self.size:
             raise ConfigError(f"chunk overlap must be in [0, size={self.size}), got {self.overlap}")
         if self.max_chunks is not None and self.max_chunks < 1:
@@ -53,10 +59,16 @@ class TokenChunker:
         return {"kind": "token", "size": self.size, "overlap": self.overlap, "tokenizer": tokenizer, "max_chunks": self.max_chunks}
 
     def split(self, docs: Iterable[Document]) -> list[Chunk]:
-        return [chunk for doc in docs for chunk in _chunks_from_groups(doc, self.spans(doc.text))]
+        return [chunk for doc in docs for chunk in _chunks_from_groups(doc, self.spans(doc.text), self.max_chars)]
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of the chunks of ``text``."""
+        """Character spans of the chunks of ``text`` (none longer than ``max_chars``)."""
+        out: list[tuple[int, int]] = []
+        for s, e in self._token_spans(text):
+            out.extend((a, min(a + self.max_chars, e)) for a in range(s, e, self.max_chars))
+        return out if self.max_chunks is None else out[: self.max_chunks]
+
+    def _token_spans(self, text: str) -> list[tuple[int, int]]:
         offs = self.tokenizer.offsets(text)
         n = len(offs)
         spans: list[tuple[int, int]] = []
@@ -115,10 +127,12 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _chunks_from_groups(doc: Document, groups: list[tuple[int, int]]) -> list[Chunk]:
+def _chunks_from_groups(doc: Document, groups: list[tuple[int, int]], max_chars: int = MAX_CHUNK_CHARS) -> list[Chunk]:
+    # No chunk longer than max_chars, whatever the splitter saw as one sentence or word.
+    bounded = [(a, min(a + max_chars, e)) for s, e in groups for a in range(s, e, max_chars)]
     return [
         Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[s:e], source=doc.source, start=s, end=e, metadata=dict(doc.metadata))
-        for i, (s, e) in enumerate(groups)
+        for i, (s, e) in enumerate(bounded)
     ]
 
 

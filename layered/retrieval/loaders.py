@@ -4,17 +4,27 @@
 ``.pdf`` files, and folders of them (with include/exclude globs, never leaving the folder).
 Document ids are stable across runs: a record's own id field when it has one, otherwise
 the file's path (relative to the loaded root) plus the record's line or row number.
+
+Hostile input is bounded (:class:`LoadLimits`): record files are streamed (JSONL line by
+line, gzip decompressed as it is read, CSV by the csv module on the open file, so quoted
+newlines, form feeds and U+2028 inside strings stay data); a file over ``max_file_bytes``
+after decompression, or one document (a JSONL line, a CSV row, a text/HTML/Markdown file, a
+PDF page) over ``max_document_bytes``, fails with one :class:`DocumentLoadError` line naming
+the file and the limit; so does anything a parser refuses (deep nesting, NUL bytes, bad
+encodings, malformed PDFs). Nothing is silently dropped.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 from layered.errors import DocumentLoadError, SourceNotFoundError
 from layered.retrieval.formats import html_text, markdown_metadata, pdf_pages
@@ -30,6 +40,18 @@ SUPPORTED = frozenset(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_
 ID_FIELDS = ("id", "_id", "doc_id")
 TEXT_FIELDS = ("text", "content", "body")
 SOURCE_FIELDS = ("url", "source_url")
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """What one input may cost (bytes, after decompression). Raise them for trusted, larger data.
+
+    ``max_file_bytes``: one file (512 MiB); ``max_document_bytes``: one document, i.e. a JSONL
+    line, a CSV row, a text / Markdown / HTML file or a PDF page's text (16 MiB).
+    """
+
+    max_file_bytes: int = 512 << 20
+    max_document_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,7 @@ class FileLoader:
     encoding: str = "utf-8"
     include: Sequence[str] = ("*",)
     exclude: Sequence[str] = ()
+    limits: LoadLimits = field(default_factory=LoadLimits)
 
     def _walk(self, root: Path) -> list[Path]:
         """Files under ``root`` matching include/exclude globs, never outside ``root``.
@@ -73,73 +96,147 @@ class FileLoader:
 
     def load(self, source: str | Path) -> Iterator[Document]:
         root = Path(source).expanduser()
-        if not root.exists():
-            raise SourceNotFoundError(f"{source}: no such file or folder")
+        try:
+            exists = root.exists()
+        except (OSError, ValueError):  # a NUL byte or an over-long name
+            exists = False
+        if not exists:
+            raise SourceNotFoundError(f"{_printable(str(source))}: no such file or folder")
         if root.is_dir():
             files = self._walk(root)
             base = root
         else:
             files, base = [root], root.parent
         for path in files:
-            rel = path.relative_to(base).as_posix()
-            suffix = _suffix(path)
-            if suffix in (".jsonl", GZIP_SUFFIX):
-                yield from self._jsonl(path, rel)
-            elif suffix == ".csv":
-                yield from self._csv(path, rel)
-            elif suffix in (".md", ".markdown"):
-                text = self._read(path)
-                yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **markdown_metadata(text)})
-            elif suffix == ".txt":
-                yield Document(id=rel, text=self._read(path), source=rel, metadata={"path": rel})
-            elif suffix in (".html", ".htm"):
-                text, meta = html_text(self._read(path))
-                yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **meta})
-            elif suffix == ".pdf":
-                for page, text in pdf_pages(path):
-                    yield Document(id=f"{rel}#page={page}", text=text, source=rel, metadata={"path": rel, "page": page})
-            else:
-                kinds = ", ".join(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
-                raise DocumentLoadError(f"{path}: unsupported file type {suffix!r}; use one of {kinds}")
+            rel = _printable(path.relative_to(base).as_posix())
+            yield from self._file(path, rel)
+
+    def _file(self, path: Path, rel: str) -> Iterator[Document]:
+        suffix = _suffix(path)
+        if suffix in (".jsonl", GZIP_SUFFIX):
+            yield from self._jsonl(path, rel)
+        elif suffix == ".csv":
+            yield from self._csv(path, rel)
+        elif suffix in (".md", ".markdown"):
+            text = self._read(path)
+            yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **markdown_metadata(text)})
+        elif suffix == ".txt":
+            yield Document(id=rel, text=self._read(path), source=rel, metadata={"path": rel})
+        elif suffix in (".html", ".htm"):
+            text, meta = html_text(self._read(path))
+            yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **meta})
+        elif suffix == ".pdf":
+            self._check_size(path)
+            for page, text in pdf_pages(path):
+                if len(text.encode(self.encoding, "replace")) > self.limits.max_document_bytes:
+                    raise DocumentLoadError(f"{_printable(str(path))}: page {page} holds over {self.limits.max_document_bytes} bytes "
+                                            "of text; raise LoadLimits.max_document_bytes if that is expected")
+                yield Document(id=f"{rel}#page={page}", text=text, source=rel, metadata={"path": rel, "page": page})
+        else:
+            kinds = ", ".join(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
+            raise DocumentLoadError(f"{_printable(str(path))}: unsupported file type {suffix!r}; use one of {kinds}")
+
+    def _check_size(self, path: Path, limit: int | None = None) -> None:
+        limit = self.limits.max_file_bytes if limit is None else limit
+        size = path.stat().st_size
+        if size > limit:
+            raise DocumentLoadError(f"{_printable(str(path))}: {size} bytes is over the {limit}-byte limit; "
+                                    "split the file or raise the loader's LoadLimits")
 
     def _read(self, path: Path) -> str:
+        """A whole text/Markdown/HTML file: one document, so ``max_document_bytes`` bounds it."""
+        self._check_size(path, min(self.limits.max_document_bytes, self.limits.max_file_bytes))
         data = path.read_bytes()
-        if path.name.lower().endswith(".gz"):
-            import gzip
+        if b"\x00" in data and not self.encoding.lower().replace("-", "").startswith("utf16"):
+            raise DocumentLoadError(f"{_printable(str(path))}: contains NUL bytes, so it is not {self.encoding} text "
+                                    "(a binary file? UTF-16? pass encoding=...)")
+        return self._decode(data, path)
 
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as e:
-                raise DocumentLoadError(f"{path}: not a readable gzip file ({e})") from None
+    def _decode(self, data: bytes, path: Path, where: str = "") -> str:
         try:
             return data.decode(self.encoding)
         except UnicodeDecodeError as e:
             raise DocumentLoadError(
-                f"{path}: not valid {self.encoding} (byte {e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`"
+                f"{_printable(str(path))}{where}: not valid {self.encoding} (byte {e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`"
             ) from None
 
+    def _open(self, path: Path) -> IO[bytes]:
+        return gzip.open(path, "rb") if _suffix(path) == GZIP_SUFFIX else open(path, "rb")
+
+    def _lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        """``(number, line)`` of a (possibly gzipped) file, read as a stream within the limits.
+
+        Lines end at ``\\n`` only: U+2028 and form feeds inside a JSON string are data.
+        """
+        per_line, per_file = self.limits.max_document_bytes, self.limits.max_file_bytes
+        name, total, number = _printable(str(path)), 0, 0
+        with self._open(path) as f:
+            while True:
+                try:
+                    line = f.readline(per_line + 1)
+                except (OSError, EOFError, zlib.error) as e:
+                    raise DocumentLoadError(f"{name}: not a readable gzip file ({e})") from None
+                if not line:
+                    return
+                number += 1
+                total += len(line)
+                if total > per_file:
+                    raise DocumentLoadError(f"{name}: over the {per_file}-byte limit after decompression; split the file "
+                                            "or raise the loader's LoadLimits.max_file_bytes")
+                if len(line) > per_line:
+                    raise DocumentLoadError(f"{name}:{number}: a line over the {per_line}-byte limit; split the record or "
+                                            "raise the loader's LoadLimits.max_document_bytes")
+                yield number, line
+
     def _jsonl(self, path: Path, rel: str) -> Iterator[Document]:
-        for lineno, line in enumerate(self._read(path).splitlines(), start=1):
+        name = _printable(str(path))
+        for lineno, raw in self._lines(path):
+            line = self._decode(raw, path, f":{lineno}")
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DocumentLoadError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                raise DocumentLoadError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DocumentLoadError(f"{name}:{lineno}: invalid JSON (nested too deeply)") from None
             if not isinstance(record, dict):
-                raise DocumentLoadError(f"{path}:{lineno}: expected a JSON object per line")
-            yield self._record(record, f"{path}:{lineno}", f"{rel}:{lineno}")
+                raise DocumentLoadError(f"{name}:{lineno}: expected a JSON object per line")
+            yield self._record(record, f"{name}:{lineno}", f"{rel}:{lineno}")
 
     def _csv(self, path: Path, rel: str) -> Iterator[Document]:
-        reader = csv.DictReader(self._read(path).splitlines())
-        for rowno, record in enumerate(reader, start=2):
-            yield self._record(record, f"{path}:{rowno}", f"{rel}:{rowno}")
+        name, limit = _printable(str(path)), self.limits.max_document_bytes
+        self._check_size(path)
+        # The csv module's field limit is process-wide; only ever raise it, to this loader's bound.
+        csv.field_size_limit(max(csv.field_size_limit(), limit))
+        with open(path, newline="", encoding=self.encoding) as f:
+            reader = csv.reader(f)
+            rowno = 1
+            try:
+                header = next(reader, None)
+                if not header:
+                    return
+                for rowno, row in enumerate(reader, start=2):
+                    if not row:
+                        continue
+                    if len(row) > len(header):
+                        raise DocumentLoadError(f"{name}:{rowno}: {len(row)} fields but the header names {len(header)}; "
+                                                "quote fields that contain commas")
+                    if sum(len(v) for v in row) > limit:
+                        raise DocumentLoadError(f"{name}:{rowno}: a row over the {limit}-character limit")
+                    record = dict(zip(header, row + [""] * (len(header) - len(row))))
+                    yield self._record(record, f"{name}:{rowno}", f"{rel}:{rowno}")
+            except csv.Error as e:
+                raise DocumentLoadError(f"{name}:{rowno}: malformed CSV ({e})") from None
+            except UnicodeDecodeError as e:
+                raise DocumentLoadError(f"{name}: not valid {self.encoding} near row {rowno} (byte {e.start}); "
+                                        "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
 
     def _record(self, record: Mapping[str, Any], where: str, fallback_id: str) -> Document:
         fields = self._text_fields(record, where)
         missing = [f for f in fields if f not in record]
         if missing:
-            raise DocumentLoadError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)})")
+            raise DocumentLoadError(f"{where}: no field {missing[0]!r} (fields: {_field_list(record)})")
         text = "\n\n".join(str(record[f]).strip() for f in fields if record[f] not in (None, ""))
         id_field = self.id_field or next((f for f in ID_FIELDS if f in record), None)
         doc_id = str(record[id_field]) if id_field and record.get(id_field) not in (None, "") else fallback_id
@@ -157,8 +254,23 @@ class FileLoader:
         if "question" in record and "answer" in record:
             return ("question", "answer")
         raise DocumentLoadError(
-            f"{where}: cannot tell which field holds the text (fields: {', '.join(record)}); pass text_fields=[...]"
+            f"{where}: cannot tell which field holds the text (fields: {_field_list(record)}); pass text_fields=[...]"
         )
+
+
+def _field_list(record: Mapping[str, Any]) -> str:
+    """A record's field names for a one-line message: quoted, shortened, at most 20."""
+    names = [repr(str(k))[:40] for k in list(record)[:20]]
+    return ", ".join(names) + (", ..." if len(record) > 20 else "")
+
+
+def _printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (file names come from the OS as surrogates) shown as U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _suffix(path: Path) -> str:

@@ -22,17 +22,30 @@ def question_of(body: Mapping[str, Any]) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InputError("'messages' must be a non-empty list of {role, content} objects")
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InputError("every message needs a 'role' (a string) and a 'content'")
     for message in reversed(messages):
-        if not isinstance(message, dict) or "role" not in message:
-            raise InputError("every message needs a 'role' and a 'content'")
         if message["role"] == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-            if not isinstance(content, str):
-                raise InputError("a user message's 'content' must be a string")
-            return content
+            return _text_of(message.get("content"))
     raise InputError("the request has no user message")
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or the ``{"type": "text", "text": ...}`` parts of a list, joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones, each must be well-formed
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InputError("each content part must be an object with a 'type'")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InputError("a text content part needs 'text' (a string)")
+                texts.append(part["text"])
+        return "".join(texts)
+    raise InputError("a user message's 'content' must be a string or a list of content parts")
 
 
 def adapter_of(model: Any, served: str) -> str | None:
@@ -75,10 +88,11 @@ def completion(answer: Answer, model: str) -> dict[str, Any]:
     }
 
 
-def chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    """One server-sent event carrying a ``chat.completion.chunk`` with ``delta``."""
+def chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None,
+          extra: Mapping[str, Any] | None = None) -> bytes:
+    """One server-sent event carrying a ``chat.completion.chunk`` with ``delta`` (and ``extra`` top-level keys)."""
     body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
     return sse(body)
 
 

@@ -1,37 +1,58 @@
-"""``layered serve``: a saved pipeline over HTTP (standard library server, no extra framework).
+"""``layered serve``: a saved pipeline over HTTP, on uvicorn (h11) and Starlette.
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (OpenAI
 compatible, ``"stream": true`` for server-sent events) and ``POST /ask`` (the answer with its
 citations). Every error is a JSON body ``{"error": {"message", "type"}}`` with a 4xx status
-for bad requests (and a 5xx only for a failure of the server itself); a bad request never
-stops the server.
+for bad requests (a 5xx only for a failure of the server itself); a bad request never stops
+the server, and every error response closes its connection (RFC 9112 §6.3: a body left
+unread must never be parsed as the next request).
+
+HTTP framing (Content-Length and chunked rules, header limits, pipelining) is h11's job, a
+maintained parser that refuses negative, duplicate or non-numeric Content-Length; this
+module only validates what the JSON says (:mod:`layered.serving.requests`).
 
 Limits: request bodies over ``max_body_bytes`` get 413; at most ``max_queue`` requests wait
-for the model (which answers one at a time) and the rest get 503 with ``Retry-After``.
-When ``user_header`` is set, each request must carry the user's id in that header (and
-optionally groups, comma-separated, in ``groups_header``); retrieval then returns only
-passages that user may see.
+for the model and the rest get 503 with ``Retry-After``. A streamed answer runs on its own
+thread; when its client disconnects the stream is closed, which stops the generator's
+decoding loop within one step and frees the slot at once. When ``user_header`` is set,
+each request must carry the user's id in that header (and optionally groups,
+comma-separated, in ``groups_header``); retrieval then returns only passages that user may
+see.
+
+:class:`PipelineServer` keeps the ``socketserver``-like facade (``url``,
+``server_address``, ``serve_forever``, ``start``, ``shutdown``, ``server_close``): the
+socket is bound at construction, so a bad or busy port fails there with one line.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
+import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from layered.errors import ContextOverflowError, InputError, LayeredError
+import anyio
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from layered.errors import ConfigError, ContextOverflowError, InputError, LayeredError
 from layered.retrieval.filters import User
 from layered.serving import openai_format as oai
+from layered.serving import requests as rq
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """How the server behaves; the defaults suit one CPU model behind a loopback port."""
+    """How the server behaves; the defaults suit one CPU model behind a loopback port.
+
+    ``read_timeout`` bounds how long a client may take to send its request body (408 after).
+    """
 
     model_name: str = "layered"
     max_body_bytes: int = 1 << 20
@@ -48,199 +69,341 @@ class HTTPError(Exception):
 
 
 class _Admission:
-    """At most ``limit`` requests in the building at once (waiting or running); the rest are turned away."""
+    """At most ``limit`` requests in the building at once (waiting or running); the rest are turned away.
+
+    ``enter`` and ``leave`` may run on different threads (a stream leaves from its producer).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.inside, self._lock = limit, 0, threading.Lock()
 
-    def __enter__(self) -> None:
+    def enter(self) -> None:
         with self._lock:
             if self.inside >= self.limit:
                 raise HTTPError(503, f"the server is busy ({self.limit} requests queued); retry shortly", "server_busy", {"Retry-After": "1"})
             self.inside += 1
 
-    def __exit__(self, *exc: Any) -> None:
+    def leave(self) -> None:
         with self._lock:
             self.inside -= 1
 
 
-class PipelineServer(ThreadingHTTPServer):
-    """A threading HTTP server holding one pipeline. ``url`` is where it listens."""
+def _error_response(error: HTTPError) -> JSONResponse:
+    # Every error closes the connection: whatever the client sent after it is never read as a request.
+    headers = {**error.headers, "Connection": "close"}
+    return JSONResponse({"error": {"message": str(error), "type": error.kind}}, status_code=error.status, headers=headers)
 
-    daemon_threads = True
-    allow_reuse_address = True
+
+def _as_http_error(e: BaseException) -> HTTPError:
+    if isinstance(e, HTTPError):
+        return e
+    if isinstance(e, (InputError, ContextOverflowError)):
+        return HTTPError(400, str(e))
+    if isinstance(e, LayeredError):  # a request the pipeline cannot serve (unknown adapter, ...)
+        return HTTPError(422, str(e))
+    log.error("request failed", exc_info=e)
+    return HTTPError(500, f"internal error: {type(e).__name__}", "server_error")
+
+
+class _App:
+    """The ASGI application: routes, body limits, admission, and the streaming bridge.
+
+    Starlette supplies the request and response objects; routing is this small table, so
+    every miss (unknown path, any other method) is a JSON 404/405 like every other error.
+    """
+
+    def __init__(self, pipeline: Any, options: ServeOptions, admission: _Admission) -> None:
+        self.pipeline, self.options, self.admission = pipeline, options, admission
+        routes = {"/health": ("GET", self._health), "/v1/models": ("GET", self._models),
+                  "/v1/chat/completions": ("POST", self._chat), "/ask": ("POST", self._ask)}
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        request = Request(scope, receive)
+        response = await self._dispatch(request)
+        await response(scope, receive, send)
+
+    async def _dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        try:
+            if path not in self.routes:
+                raise HTTPError(404, f"{request.method} {path} is not served here", "not_found")
+            method, handler = self.routes[path]
+            if request.method != method and not (method == "GET" and request.method == "HEAD"):
+                raise HTTPError(405, f"{request.method} {path} is not served here (use {method})", "not_found", {"Allow": method})
+            return await handler(request)
+        except Exception as e:  # the server must outlive any one request
+            return _error_response(_as_http_error(e))
+
+    # -- request parts -----------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length")  # h11 has checked it is one non-negative integer
+        if declared is not None and int(declared) > limit:
+            raise HTTPError(413, f"the request body is {declared} bytes; the limit is {limit}")
+        parts, size = [], 0
+        try:
+            with anyio.fail_after(self.options.read_timeout):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > limit:
+                        raise HTTPError(413, f"the request body is over {limit} bytes; the limit is {limit}")
+                    parts.append(part)
+        except TimeoutError:
+            raise HTTPError(408, f"the request body did not arrive within {self.options.read_timeout:g}s") from None
+        return rq.parse_json_object(b"".join(parts))
+
+    def _user(self, request: Request) -> User | None:
+        header = self.options.user_header
+        if header is None:
+            return None
+        values = request.headers.getlist(header)
+        if len(values) > 1:
+            raise HTTPError(400, f"the {header} header appears {len(values)} times; send it once")
+        user_id = (values[0] if values else "").strip()
+        if not user_id:
+            raise HTTPError(401, f"the {header} header naming the user is required", "authentication_error")
+        groups_header = self.options.groups_header
+        groups = [g.strip() for g in ",".join(request.headers.getlist(groups_header)).split(",") if g.strip()] if groups_header else []
+        return User(user_id, groups=tuple(groups))
+
+    async def _run(self, work: Callable[[], Any]) -> Any:
+        """Run blocking pipeline work on a worker thread, inside the admission limit."""
+        self.admission.enter()
+        try:
+            return await anyio.to_thread.run_sync(work)
+        finally:
+            self.admission.leave()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.options.model_name})
+
+    async def _models(self, request: Request) -> Response:
+        name = self.options.model_name
+        adapters = list(getattr(self.pipeline.generator, "adapters", {}) or {})
+        ids = [name, *(f"{name}:{a}" for a in adapters)]
+        return JSONResponse({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "layered"} for i in ids]})
+
+    async def _ask(self, request: Request) -> Response:
+        body = await self._body(request)
+        ask = rq.ask_request(body, max_tokens_limit=rq.token_limit(self.pipeline.generator))
+        user = self._user(request)
+
+        def work() -> Any:
+            with rq.max_new_tokens(self.pipeline.generator, ask.max_tokens):
+                return self.pipeline.ask(ask.question, k=ask.k, user=user, adapter=ask.adapter, **ask.variables)
+
+        return JSONResponse(oai.answer_json(await self._run(work)))
+
+    async def _chat(self, request: Request) -> Response:
+        body = await self._body(request)
+        name = self.options.model_name
+        chat = rq.chat_request(body, served=name, max_tokens_limit=rq.token_limit(self.pipeline.generator))
+        user = self._user(request)
+        generator = self.pipeline.generator
+        if chat.stream:
+            self.admission.enter()  # left by the producer thread when generation has stopped
+            producer = _Producer(lambda: self.pipeline.stream(chat.question, user=user, adapter=chat.adapter),
+                                 generator, chat.max_tokens, self.admission)
+            return await _EventStream.open(producer, request, chat.model)
+
+        def work() -> Any:
+            with rq.max_new_tokens(generator, chat.max_tokens):
+                return self.pipeline.ask(chat.question, user=user, adapter=chat.adapter)
+
+        return JSONResponse(oai.completion(await self._run(work), chat.model))
+
+
+_END = object()
+
+
+class _Producer:
+    """Pulls a blocking token iterator on its own thread and hands pieces to the event loop.
+
+    The iterator is created, advanced and closed on that one thread (generators hold locks
+    that must be released where they were taken). :meth:`cancel` makes the thread stop
+    pulling and close the iterator, which stops the generator's decoding loop.
+    """
+
+    def __init__(self, make: Callable[[], Iterator[str]], generator: Any, max_tokens: int | None, admission: _Admission) -> None:
+        self.make, self.generator, self.max_tokens, self.admission = make, generator, max_tokens, admission
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.metadata: dict[str, Any] = {}
+        threading.Thread(target=self._run, name="layered-stream", daemon=True).start()
+
+    def _put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.cancelled.set()
+
+    def _run(self) -> None:
+        try:
+            with rq.max_new_tokens(self.generator, self.max_tokens):
+                pieces = self.make()
+                try:
+                    for piece in pieces:
+                        if self.cancelled.is_set():
+                            break
+                        self._put(piece)
+                    self.metadata = dict(getattr(pieces, "metadata", None) or {})
+                finally:
+                    close = getattr(pieces, "close", None)
+                    if close is not None:
+                        close()  # stops the decoding loop when we broke out early
+            self._put(_END)
+        except BaseException as e:  # surfaced on the event loop
+            self._put(e)
+        finally:
+            self.done.set()
+            self.admission.leave()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _EventStream(Response):
+    """A ``text/event-stream`` of chat-completion chunks that stops its producer on disconnect."""
+
+    def __init__(self, producer: _Producer, first: Any, model: str, watcher: asyncio.Future[Any]) -> None:
+        self.status_code, self.background = 200, None
+        # No Content-Length: the body is streamed until the connection closes.
+        self.raw_headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"connection", b"close")]
+        self.producer, self.first, self.model, self.watcher = producer, first, model, watcher
+
+    @classmethod
+    async def open(cls, producer: _Producer, request: Request, model: str) -> Response:
+        """Wait for the first piece, so errors before it still get a proper JSON status."""
+        watcher = asyncio.ensure_future(_disconnected(request.receive))
+        try:
+            first = await _next(producer, watcher)
+        except BaseException:
+            producer.cancel()
+            watcher.cancel()
+            raise
+        return cls(producer, first, model, watcher)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        completion_id = oai.new_id()
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+            async def body(data: bytes) -> None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+            await body(oai.chunk(completion_id, self.model, {"role": "assistant", "content": ""}))
+            item = self.first
+            while item is not _END:
+                await body(oai.chunk(completion_id, self.model, {"content": item}))
+                item = await _next(self.producer, self.watcher)
+            extra = {"layered": {"metadata": self.producer.metadata}} if self.producer.metadata else {}
+            await body(oai.chunk(completion_id, self.model, {}, finish="stop", extra=extra))
+            await send({"type": "http.response.body", "body": oai.DONE, "more_body": False})
+        except _ClientGone:
+            pass
+        except Exception as e:  # after the 200 went out, an error can only end the stream
+            log.error("stream failed", exc_info=e)
+        finally:
+            self.producer.cancel()
+            self.watcher.cancel()
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _next(producer: _Producer, watcher: asyncio.Future[Any]) -> Any:
+    """The producer's next item; :class:`_ClientGone` when the client disconnected first."""
+    if producer.queue.empty() and watcher.done():
+        raise _ClientGone()
+    getter = asyncio.ensure_future(producer.queue.get())
+    await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if not getter.done():
+        getter.cancel()
+        raise _ClientGone()
+    item = getter.result()
+    if isinstance(item, BaseException):
+        raise item
+    return item
+
+
+class PipelineServer:
+    """An HTTP server holding one pipeline (uvicorn + h11 underneath). ``url`` is where it listens."""
 
     def __init__(self, pipeline: Any, address: tuple[str, int] = ("127.0.0.1", 8000), options: ServeOptions | None = None) -> None:
         self.pipeline = pipeline
         self.options = options or ServeOptions()
         self.admission = _Admission(self.options.max_queue)
-        super().__init__(address, _Handler)
+        self.socket = _bind(*address)
+        self.server_address: tuple[Any, ...] = self.socket.getsockname()
+        self.app = _App(pipeline, self.options, self.admission)
+        config = uvicorn.Config(
+            self.app, http="h11", lifespan="off", ws="none", interface="asgi3", log_config=None, log_level="warning",
+            access_log=False, timeout_graceful_shutdown=2, h11_max_incomplete_event_size=64 * 1024,
+        )
+        self._server = uvicorn.Server(config)
+        self._running = threading.Event()
+        self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` (or Ctrl-C when run on the main thread)."""
+        self._running.set()
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
 
     def start(self) -> threading.Thread:
         """Serve on a background thread (for tests and embedding); stop with ``shutdown()``."""
         thread = threading.Thread(target=self.serve_forever, name="layered-serve", daemon=True)
         thread.start()
+        while not self._server.started and not self._stopped.is_set():
+            self._stopped.wait(0.01)
         return thread
 
+    def shutdown(self) -> None:
+        """Stop serving and wait until :meth:`serve_forever` has returned."""
+        self._server.should_exit = True
+        if self._running.is_set():
+            self._stopped.wait(30)
 
-class _Handler(BaseHTTPRequestHandler):
-    server: PipelineServer
-    protocol_version = "HTTP/1.1"
-    error_content_type = "application/json"
+    def server_close(self) -> None:
+        self.socket.close()
 
-    # -- plumbing ----------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.options.read_timeout)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.info("%s %s", self.address_string(), format % args)
-
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_error(self, error: HTTPError) -> None:
-        self._send_json(error.status, {"error": {"message": str(error), "type": error.kind}}, error.headers)
-
-    def _body(self) -> dict[str, Any]:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise HTTPError(411, "a JSON body with a Content-Length header is required")
-        try:
-            n = int(length)
-        except ValueError:
-            raise HTTPError(400, "Content-Length is not a number") from None
-        if n > self.server.options.max_body_bytes:
-            self.close_connection = True  # the unread body would poison the connection
-            raise HTTPError(413, f"the request body is {n} bytes; the limit is {self.server.options.max_body_bytes}")
-        raw = self.rfile.read(n)
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise HTTPError(400, f"the body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "the body must be a JSON object")
-        return body
-
-    def _user(self) -> User | None:
-        header = self.server.options.user_header
-        if header is None:
-            return None
-        user_id = (self.headers.get(header) or "").strip()
-        if not user_id:
-            raise HTTPError(401, f"the {header} header naming the user is required", "authentication_error")
-        groups_header = self.server.options.groups_header
-        groups = [g.strip() for g in (self.headers.get(groups_header) or "").split(",") if g.strip()] if groups_header else []
-        return User(user_id, groups=tuple(groups))
-
-    def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
-        routes = {
-            ("GET", "/health"): self._health, ("GET", "/v1/models"): self._models,
-            ("POST", "/v1/chat/completions"): self._chat, ("POST", "/ask"): self._ask,
-        }
-        try:
-            handler = routes.get((method, path))
-            if handler is None:
-                known = {p for _, p in routes}
-                raise HTTPError(405 if path in known else 404, f"{method} {path} is not served here", "not_found")
-            handler()
-        except HTTPError as e:
-            self._send_error(e)
-        except (InputError, ContextOverflowError) as e:
-            self._send_error(HTTPError(400, str(e)))
-        except LayeredError as e:  # a request the pipeline cannot serve (unknown adapter, ...)
-            self._send_error(HTTPError(422, str(e)))
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True
-        except Exception as e:  # the server must outlive any one request
-            log.exception("request failed")
-            try:
-                self._send_error(HTTPError(500, f"internal error: {type(e).__name__}", "server_error"))
-            except OSError:
-                self.close_connection = True
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-        self._dispatch("POST")
-
-    # -- endpoints ---------------------------------------------------------------------------
-
-    def _health(self) -> None:
-        self._send_json(200, {"status": "ok", "model": self.server.options.model_name})
-
-    def _models(self) -> None:
-        name = self.server.options.model_name
-        adapters = list(getattr(self.server.pipeline.generator, "adapters", {}) or {})
-        ids = [name, *(f"{name}:{a}" for a in adapters)]
-        self._send_json(200, {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "layered"} for i in ids]})
-
-    def _ask(self) -> None:
-        body = self._body()
-        question = body.get("question")
-        if not isinstance(question, str):
-            raise HTTPError(400, "'question' (a string) is required")
-        variables = body.get("variables") or {}
-        if not isinstance(variables, dict):
-            raise HTTPError(400, "'variables' must be an object")
-        k = body.get("k")
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100):
-            raise HTTPError(400, "'k' must be an integer from 1 to 100")
-        user = self._user()
-        with self.server.admission:
-            answer = self.server.pipeline.ask(question, k=k, user=user, adapter=body.get("adapter"), **variables)
-        self._send_json(200, oai.answer_json(answer))
-
-    def _chat(self) -> None:
-        body = self._body()
-        name = self.server.options.model_name
-        question = oai.question_of(body)
-        adapter = oai.adapter_of(body.get("model"), name)
-        user = self._user()
-        model = body.get("model") or name
-        with self.server.admission:
-            if body.get("stream"):
-                self._stream(self.server.pipeline.stream(question, user=user, adapter=adapter), model)
-            else:
-                answer = self.server.pipeline.ask(question, user=user, adapter=adapter)
-                self._send_json(200, oai.completion(answer, model))
-
-    def _stream(self, pieces: Iterator[str], model: str) -> None:
-        completion_id = oai.new_id()
-        first = next(pieces, None)  # errors before the first token still get a proper JSON status
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            self.wfile.write(oai.chunk(completion_id, model, {"role": "assistant", "content": ""}))
-            if first is not None:
-                self.wfile.write(oai.chunk(completion_id, model, {"content": first}))
-            for piece in pieces:
-                self.wfile.write(oai.chunk(completion_id, model, {"content": piece}))
-                self.wfile.flush()
-            self.wfile.write(oai.chunk(completion_id, model, {}, finish="stop"))
-            self.wfile.write(oai.DONE)
-            self.wfile.flush()
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # a client that went away stops the generation
+def _bind(host: str, port: int) -> socket.socket:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError(f"port {port!r} is out of range; use 1-65535 (or 0 for a free one)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({e})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or stop what holds it") from None
+    sock.set_inheritable(True)
+    return sock
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from layered.errors import ContextOverflowError
+from layered.generation.common import chat_messages
+from layered.prompts.injection import control_tokens, defuse_control_tokens
 from layered.types import Example, Hit
 
 IGNORE = -100
@@ -58,9 +60,9 @@ def format_example(
         hits = list(prompt.context) + [h for h in extra if h.chunk.id not in known]
         random.Random(seed).shuffle(hits)  # the right passage is not always first
         prompt = pipeline.pack_prompt(example.question, hits, dict(example.variables))
-    chat = [{"role": m.role, "content": m.content} for m in prompt.messages]
+    chat = chat_messages(prompt, tokenizer)  # control tokens defused exactly as served
     prompt_ids = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
-    full = chat + [{"role": "assistant", "content": example.answer}]
+    full = chat + [{"role": "assistant", "content": defuse_control_tokens(example.answer, control_tokens(tokenizer))}]
     full_ids = list(tokenizer.apply_chat_template(full, return_dict=True)["input_ids"])
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError("the chat template renders the prompt differently with and without the answer; cannot mask labels")

@@ -47,7 +47,7 @@ def request(srv, method, path, body=None, headers=None, raw=None):
     resp = conn.getresponse()
     payload = resp.read()
     conn.close()
-    return resp.status, dict(resp.getheaders()), payload
+    return resp.status, resp.headers, payload  # case-insensitive, as HTTP headers are
 
 
 def test_ask_and_chat_completions_return_the_pipelines_answer(server, pipe):

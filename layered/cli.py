@@ -221,10 +221,11 @@ def _print_answer(answer: layered.Answer) -> None:
     grounding = answer.metadata.get("grounding")
     if grounding and grounding["fallback"]:
         print(" (nothing the model wrote was in the passages: quoting the best passage instead)")
-    elif grounding and grounding["unsupported"]:
-        verb = "dropped" if grounding["mode"] == "drop" else "not supported by the passages"
+    elif grounding and grounding["unsupported"] and grounding["mode"] == "drop":
         for sentence in grounding["unsupported"]:
-            print(f" (unsupported, {verb}: {sentence})")
+            print(f" (dropped, not in the passages: {sentence})")
+    elif grounding and grounding["unsupported"]:
+        print(f" ({len(grounding['unsupported'])} of {grounding['sentences']} sentences are not in the passages shown)")
 
 
 def _cmd_index(args: argparse.Namespace) -> int:

@@ -121,11 +121,6 @@ def load_or_build(
     return (with_adapter(pipe) if adapter else pipe), reused
 
 
-def served(pipe: Pipeline, cache: Path) -> Pipeline:
-    """``pipe`` on llama.cpp (F16 weights, adapters as GGUF LoRAs written under ``cache``)."""
-    return pipe.serve_with("llamacpp", adapter_dir=cache.with_name(cache.name + ".lora"))
-
-
 def splits(corpus: Path = KB_PATH, *, max_chars: int = 1200) -> Splits:
     """The corpus' question/answer pairs split 80/10/10 by topic (``focus``), seeded.
 

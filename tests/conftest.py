@@ -69,3 +69,23 @@ def docs() -> list[Document]:
         for r in rows
     ]
 
+
+
+@pytest.fixture
+def server(pipe):
+    """Start a real ``PipelineServer`` on a free loopback port for the requesting module's ``pipe``:
+    ``server(**ServeOptions)`` returns it running; every one started is shut down afterwards."""
+    from layered.serving.server import PipelineServer, ServeOptions
+
+    servers = []
+
+    def start(**options):
+        srv = PipelineServer(pipe, ("127.0.0.1", 0), ServeOptions(model_name="tiny", **options))
+        srv.start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()

@@ -22,7 +22,11 @@ from typing import Callable, Iterable, Iterator
 _WORD = re.compile(r"\w+", re.UNICODE)
 #: A sentence ends at . ! ? (optionally followed by a closing quote, bracket or a citation
 #: such as ``[2]``) before whitespace or the end of the text; a line ends a list item.
-_SENTENCE_END = re.compile(r"[.!?](?:[\"')\]]|\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s|$)|[^\s](?=\n)")
+#: A bare list number ("6.") opening a line is not a sentence.
+_SENTENCE_END = re.compile(
+    r"(?<!\n\d)(?<!\n\d\d)(?<!^\d)(?<!^\d\d)[.!?](?:[\"')\]]|\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s|$)"
+    r"|(?<!\n\d\.)(?<!\n\d\d\.)[^\s](?=\n)"
+)
 
 
 def _first_repeat(text: str, n: int) -> int | None:

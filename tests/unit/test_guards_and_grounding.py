@@ -60,6 +60,12 @@ def test_list_lines_count_as_sentence_ends_and_raw_streaming_keeps_every_piece()
     assert pieces == ["Rest", " helps", " and", " water"] and raw.finish("Rest helps and", cut=True)[0] == "Rest helps and"
 
 
+def test_a_bare_list_number_is_not_a_sentence_end():
+    steps = "To cancel:\n1. Log in to your account.\n2. Open your orders.\n3."
+    assert DecodingGuard().finish(steps, cut=True)[0] == "To cancel:\n1. Log in to your account.\n2. Open your orders."
+    assert DecodingGuard().finish("It was in 2020. Then it", cut=True)[0] == "It was in 2020."
+
+
 def test_citations_after_the_full_stop_stay_with_their_sentence():
     guard = DecodingGuard()
     assert guard.finish("Drink water. [1] Rest and", cut=True)[0] == "Drink water. [1]"

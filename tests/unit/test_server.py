@@ -11,7 +11,6 @@ from layered import Pipeline
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
-from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Document
 
 
@@ -22,22 +21,6 @@ def pipe(tiny_generator, docs):
                       metadata={"access": ["group:staff"]})
     retriever.add_documents([*docs[:10], secret])
     return Pipeline(generator=tiny_generator, retriever=retriever, k=3)
-
-
-@pytest.fixture
-def server(pipe):
-    servers = []
-
-    def start(**options):
-        srv = PipelineServer(pipe, ("127.0.0.1", 0), ServeOptions(model_name="tiny", **options))
-        srv.start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
 
 
 def request(srv, method, path, body=None, headers=None, raw=None):

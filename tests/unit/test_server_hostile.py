@@ -29,22 +29,6 @@ def pipe(tiny_generator, docs):
     return Pipeline(generator=tiny_generator, retriever=retriever, k=11)
 
 
-@pytest.fixture
-def server(pipe):
-    servers = []
-
-    def start(**options):
-        srv = PipelineServer(pipe, ("127.0.0.1", 0), ServeOptions(model_name="tiny", **options))
-        srv.start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-
-
 def exchange(srv, data: bytes, *, timeout: float = 5.0) -> bytes:
     """Send raw bytes on one connection and read until the server closes it (or goes quiet)."""
     with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:

@@ -42,6 +42,10 @@ class ModelNotAvailableError(LayeredError, ImportError):
     """A packaged default model (or the library that runs it) is not installed."""
 
 
+class GenerationError(LayeredError, RuntimeError):
+    """The generator could not finish a request (its engine closed, its KV cache full)."""
+
+
 class ArtifactError(LayeredError, OSError):
     """A saved artifact is missing, incomplete or does not match its manifest."""
 

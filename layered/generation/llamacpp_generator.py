@@ -15,6 +15,7 @@ answers drift from the trained model's.
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
 from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
+from layered.generation.llamacpp_batch import BatchEngine, Job, Sampling
 from layered.types import Generation, Prompt
 
 LORA_FILE = "adapter.gguf"
@@ -68,10 +70,13 @@ class LlamaCppGenerator:
         precision: Literal["f16", "native"] = "f16",
         loop_ngram: int | None = 4,
         whole_sentences: bool = True,
+        parallel: int = 8,
     ) -> None:
         check_budget(max_new_tokens, context_window)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+            raise ConfigError(f"parallel must be a positive number of requests, not {parallel!r}")
         named = {**({DEFAULT_NAME: lora} if lora is not None else {}), **dict(loras or {})}
         for name, file in named.items():
             if not Path(file).is_file():
@@ -98,9 +103,10 @@ class LlamaCppGenerator:
         #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check;
         #: ``whole_sentences=False``: stream raw pieces and keep a cut answer's last words).
         self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
-        self._llm: Any = None
+        #: Requests decoded together at most (KV cache slots); more wait for a free slot.
+        self.parallel = parallel
+        self._engine: BatchEngine | None = None
         self._tokenizer: Any = None
-        self._handles: dict[str, Any] = {}
         self._lock = threading.RLock()
 
     @classmethod
@@ -136,35 +142,43 @@ class LlamaCppGenerator:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _load(self) -> tuple[Any, Any]:
+    def _load(self) -> "BatchEngine":
+        """The batching engine over the model and every adapter, loaded once."""
         with self._lock:
-            if self._llm is None:
+            if self._engine is None:
                 models.force_offline()
                 path = models.resolve(self.model_name)
                 try:
-                    from llama_cpp import Llama
-
                     weights = widened(path) if self.precision == "f16" else path
-                    tokenizer = gguf_tokenizer(path)
-                    llm = Llama(
-                        model_path=str(weights), n_ctx=self.context_window, n_threads=self.threads or os.cpu_count() or 1,
-                        seed=self.seed, flash_attn=self.flash_attn, verbose=False,
+                    self._engine = BatchEngine(
+                        weights, slots=self.parallel, window=self.context_window, threads=self.threads or os.cpu_count() or 1,
+                        flash_attn=self.flash_attn, loras=self.loras, lora_scale=self.lora_scale,
                     )
-                    self._handles = {name: _lora_handle(llm, file) for name, file in self.loras.items()}
                 except ModelNotAvailableError:
                     raise
                 except (OSError, ValueError, ImportError, RuntimeError) as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ModelNotAvailableError(f"llama.cpp could not load {path}: {first}") from e
-                self._llm, self._tokenizer = llm, tokenizer
-            return self._llm, self._tokenizer
+            return self._engine
 
     def warm_up(self) -> None:
         self._load()
+        _ = self.tokenizer
+
+    def close(self) -> None:
+        """Free the model (requests still running end with an error); the next request loads it again."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
 
     @property
     def tokenizer(self) -> Any:
-        return self._load()[1]
+        """The model's tokenizer (read from the GGUF, as transformers reads it)."""
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = gguf_tokenizer(models.resolve(self.model_name))
+            return self._tokenizer
 
     @property
     def prompt_budget(self) -> int:
@@ -174,43 +188,16 @@ class LlamaCppGenerator:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of the prompt after the model's chat template (as the transformers generator)."""
-        tokenizer = self._load()[1]
+        tokenizer = self.tokenizer
         return list(tokenizer.apply_chat_template(chat_messages(prompt, tokenizer), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))
 
-    def _ids(self, prompt: Prompt, max_new_tokens: int | None = None) -> list[int]:
-        ids = self.encode(prompt)
-        check_fits(len(ids), self.context_window, max_new_tokens or self.max_new_tokens)
-        return ids
-
-    def _options(self, max_new_tokens: int | None = None) -> dict[str, Any]:
+    def _sampling(self) -> Sampling:
         greedy = self.temperature <= 0
-        return {
-            "max_tokens": min(max_new_tokens or self.max_new_tokens, self.max_new_tokens), "temperature": 0.0 if greedy else self.temperature,
-            "top_p": 1.0 if greedy else self.top_p, "top_k": 1 if greedy else 40, "min_p": 0.0,
-            "repeat_penalty": self.repetition_penalty, "stop": self.stop or None, "seed": self.seed,
-        }
-
-    def _fresh(self, adapter: str | None) -> Any:
-        """The model with its KV cache cleared and ``adapter`` (None: none) set on the context:
-        llama-cpp-python reuses a cached prefix otherwise, and evaluating the prompt in
-        different batch splits can flip a greedy near-tie."""
-        import ctypes
-
-        import llama_cpp
-
-        llm = self._load()[0]
-        llm.reset()
-        if adapter is None:
-            failed = llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
-        else:
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._handles[adapter])
-            failed = llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, handles, 1, (ctypes.c_float * 1)(self.lora_scale))
-        if failed:
-            raise ModelNotAvailableError(f"llama.cpp could not switch to adapter {adapter or 'base'!r}")
-        return llm
+        return Sampling(temperature=0.0 if greedy else self.temperature, top_p=self.top_p, min_p=0.0,
+                        repeat_penalty=self.repetition_penalty, seed=self.seed)
 
     def _resolve(self, adapter: str | None) -> str | None:
         """The adapter a request asking for ``adapter`` gets (None: the base model)."""
@@ -224,40 +211,61 @@ class LlamaCppGenerator:
             raise ConfigError(f"no adapter named {adapter!r} (known: {', '.join([BASE, *self.loras])})")
         return adapter
 
+    def submit(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Job:
+        """Queue ``prompt`` on the batching engine; the raw token ids arrive on the returned job
+        (for callers that detokenize themselves, e.g. benchmarks; ``stream`` is the text)."""
+        n = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        ids = self.encode(prompt)
+        check_fits(len(ids), self.context_window, n)
+        return self._load().submit(ids, adapter=self._resolve(adapter), max_new_tokens=n, sampling=self._sampling())
+
     def generate(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Generation:
         """The guarded answer (see :class:`~layered.generation.guards.DecodingGuard`) with ``adapter``
-        (None: the default adapter; ``"base"``: none); ``max_new_tokens`` lowers this request's budget."""
-        run: dict[str, Any] = {"adapter": self._resolve(adapter)}
-        text = "".join(self.guard.stream(self._pieces(prompt, max_new_tokens, run), cut=lambda: run.get("finish") == "length"))
-        finish: Literal["stop", "length"] = "length" if run.get("finish") == "length" else "stop"
-        return Generation(text=text, prompt_tokens=run["prompt_tokens"], completion_tokens=run.get("tokens", 0), finish_reason=finish)
+        (None: the default adapter; ``"base"``: none); ``max_new_tokens`` lowers this request's budget.
+        Safe to call from many threads: concurrent calls share decode steps."""
+        job = self.submit(prompt, adapter=adapter, max_new_tokens=max_new_tokens)
+        text = "".join(self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length"))
+        finish: Literal["stop", "length"] = "length" if job.finish_reason == "length" else "stop"
+        return Generation(text=text, prompt_tokens=job.stats.prompt_tokens, completion_tokens=job.stats.tokens, finish_reason=finish)
 
     def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield the answer in pieces (whole sentences, guarded): the same text as ``generate``.
 
-        Closing the iterator early (a client that went away) stops decoding at the next token.
+        Closing the iterator early (a client that went away) frees the request's slot before
+        the engine's next step.
         """
-        run: dict[str, Any] = {"adapter": self._resolve(adapter)}
-        yield from self.guard.stream(self._pieces(prompt, max_new_tokens, run), cut=lambda: run.get("finish") == "length")
+        job = self.submit(prompt, adapter=adapter, max_new_tokens=max_new_tokens)
+        yield from self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length")
 
-    def _pieces(self, prompt: Prompt, max_new_tokens: int | None, run: dict[str, Any]) -> Iterator[str]:
-        """Raw text pieces from llama.cpp, one per token; ``run`` gets the token counts and finish reason."""
-        with self._lock:
-            ids = self._ids(prompt, max_new_tokens)
-            run["prompt_tokens"], run["tokens"] = len(ids), 0
-            chunks = self._fresh(run["adapter"]).create_completion(prompt=ids, stream=True, **self._options(max_new_tokens))
-            try:
-                for chunk in chunks:
-                    choice = chunk["choices"][0]
-                    run["tokens"] += 1
-                    if choice.get("finish_reason"):
-                        run["finish"] = choice["finish_reason"]
-                    if choice["text"]:
-                        yield choice["text"]
-            finally:
-                # llama.cpp decodes one token per step of this iterator: closing it (a loop the
-                # guard saw, a client that went away) stops decoding before the next token.
-                chunks.close()
+    def _pieces(self, job: Job) -> Iterator[str]:
+        """The job's text, one piece per token (UTF-8 split across tokens held back until whole),
+        cut before the first ``stop`` string."""
+        engine = self._load()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held = ""  # text that might be the start of a stop string
+        tokens = job.tokens()
+        try:
+            for token in tokens:
+                held += decoder.decode(engine.piece(token))
+                if self.stop:
+                    cut = min((i for i in (held.find(s) for s in self.stop) if i >= 0), default=-1)
+                    if cut >= 0:
+                        if held[:cut]:
+                            yield held[:cut]
+                        job.finish_reason = "stop"
+                        return
+                    keep = _stop_prefix(held, self.stop)
+                    ready, held = held[: len(held) - keep], held[len(held) - keep:]
+                else:
+                    ready, held = held, ""
+                if ready:
+                    yield ready
+            held += decoder.decode(b"", final=True)
+            if held:
+                yield held
+        finally:
+            # Closing the token iterator cancels the job: a loop the guard saw, a client gone.
+            tokens.close()
 
     # -- config ------------------------------------------------------------------------------
 
@@ -269,7 +277,7 @@ class LlamaCppGenerator:
             "repetition_penalty": self.repetition_penalty, "stop": self.stop, "seed": self.seed,
             "loras": {name: f"{name}.gguf" for name in self.loras}, "default_adapter": self.default_adapter,
             "lora_scale": self.lora_scale, "flash_attn": self.flash_attn, "precision": self.precision,
-            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences,
+            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences, "parallel": self.parallel,
         }
 
     def save(self, folder: Path) -> None:
@@ -282,7 +290,8 @@ class LlamaCppGenerator:
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "LlamaCppGenerator":
         options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "top_p", "repetition_penalty",
-                                          "stop", "seed", "lora_scale", "flash_attn", "precision", "loop_ngram", "default_adapter")
+                                          "stop", "seed", "lora_scale", "flash_attn", "precision", "loop_ngram", "default_adapter",
+                                          "whole_sentences", "parallel")
                    if k in config}
         loras = {name: _inside(folder, file) for name, file in (config.get("loras") or {}).items()}
         if config.get("lora"):  # format of layered <= 0.1.0 saves: one adapter
@@ -304,12 +313,13 @@ def _inside(folder: Path, name: str) -> Path:
     return folder / "generator" / name
 
 
-def _lora_handle(llm: Any, file: Path) -> Any:
-    """Load a GGUF LoRA adapter for ``llm``'s model; freed when the model is."""
-    import llama_cpp
 
-    handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(file).encode("utf-8"))
-    if not handle:
-        raise ModelNotAvailableError(f"llama.cpp could not load the LoRA adapter {file}")
-    llm._stack.callback(lambda: llama_cpp.llama_adapter_lora_free(handle))
-    return handle
+def _stop_prefix(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that could begin one of ``stops``."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best

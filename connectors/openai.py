@@ -119,10 +119,10 @@ class OpenAIGenerator:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _body(self, prompt: Prompt, stream: bool, adapter: str | None) -> dict[str, Any]:
+    def _body(self, prompt: Prompt, stream: bool, adapter: str | None, max_new_tokens: int | None = None) -> dict[str, Any]:
         return {
             "model": f"{self.model}:{adapter}" if adapter else self.model, "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
-            "max_tokens": self.max_new_tokens, "temperature": self.temperature, "stream": stream,
+            "max_tokens": min(max_new_tokens or self.max_new_tokens, self.max_new_tokens), "temperature": self.temperature, "stream": stream,
         }
 
     def _send(self, body: dict[str, Any], stream: bool) -> Any:
@@ -156,9 +156,10 @@ class OpenAIGenerator:
             self.last_wait += wait
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def generate(self, prompt: Prompt, *, adapter: str | None = None) -> Generation:
-        """One completion; ``adapter`` asks the server for ``"<model>:<adapter>"`` (as ``layered serve`` names them)."""
-        response = self._send(self._body(prompt, stream=False, adapter=adapter), stream=False)
+    def generate(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Generation:
+        """One completion; ``adapter`` asks the server for ``"<model>:<adapter>"`` (as ``layered serve`` names them);
+        ``max_new_tokens`` lowers this request's ``max_tokens`` (it never raises it)."""
+        response = self._send(self._body(prompt, stream=False, adapter=adapter, max_new_tokens=max_new_tokens), stream=False)
         try:
             data = response.json()
             choice = data["choices"][0]
@@ -172,11 +173,11 @@ class OpenAIGenerator:
         return Generation(text=text.strip(), prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), finish_reason=finish)
 
-    def stream(self, prompt: Prompt, *, adapter: str | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield content pieces from the server-sent events; closing the iterator closes the connection."""
         import httpx
 
-        response = self._send(self._body(prompt, stream=True, adapter=adapter), stream=True)
+        response = self._send(self._body(prompt, stream=True, adapter=adapter, max_new_tokens=max_new_tokens), stream=True)
         done = False
         try:
             for line in response.iter_lines():

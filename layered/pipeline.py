@@ -9,17 +9,21 @@ or :meth:`Pipeline.warm_up`, never at construction.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import layered
 from layered import registry
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
 from layered.errors import ArtifactError, ConfigError, ContextOverflowError, InputError
 from layered.outbound import Trust, checked_slots
+from layered.prompts.conversation import (
+    DEFAULT_QUERY, QUERY_METHODS, checked_messages, pack, split_turns, standalone_query,
+)
 from layered.prompts.grounding import (
     attribute_by_overlap, parse_citations, quote_best_passage, sentence_support, to_citation,
 )
@@ -28,7 +32,7 @@ from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
 from layered.protocols import Filters, Generator, PromptTemplate, Retriever, Router
 from layered.retrieval.filters import User, matches, with_access
-from layered.types import Answer, Document, Hit, Prompt
+from layered.types import Answer, Document, Hit, Message, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Pipeline:
         min_score: float | None = None,
         refusal: str = DEFAULT_REFUSAL,
         grounding: str = "mark",
+        history_query: str = DEFAULT_QUERY,
     ) -> None:
         """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes).
 
@@ -71,7 +76,12 @@ class Pipeline:
         sentences in ``answer.metadata["grounding"]``, ``"drop"`` also removes them (and an
         answer with no supported sentence left quotes the best passage instead), ``"off"``
         skips the check.
+
+        ``history_query`` is how :meth:`chat` turns a follow-up into a retrieval query (one of
+        :data:`~layered.prompts.conversation.QUERY_METHODS`; ``"condense"`` asks the generator).
         """
+        if history_query not in QUERY_METHODS:
+            raise ConfigError(f"history_query must be one of {', '.join(QUERY_METHODS)}, not {history_query!r}")
         if grounding not in GROUNDING:
             raise ConfigError(f"grounding must be one of {', '.join(GROUNDING)}, not {grounding!r}")
         if not isinstance(generator, Generator):
@@ -84,6 +94,7 @@ class Pipeline:
             raise ConfigError(f"router must have route(question); got {type(router).__name__}")
         self.router = router
         self.min_score, self.refusal, self.grounding = min_score, refusal, grounding
+        self.history_query = history_query
         self.generator = generator
         self.retriever = retriever
         self.prompt = prompt if prompt is not None else ChatPromptTemplate()
@@ -189,6 +200,30 @@ class Pipeline:
         hits = self.retrieve(question, k=k, filters=filters, user=user)
         return self.pack_prompt(question, hits, variables)
 
+    def build_chat_prompt(
+        self, messages: Sequence[Any], *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+        **variables: Any,
+    ) -> Prompt:
+        """The exact prompt ``chat`` sends: passages retrieved for the standalone query, the
+        earlier turns and the passages packed into the budget (see :mod:`layered.prompts.conversation`)."""
+        turns = checked_messages(messages)
+        query = self.standalone_query(turns)
+        return self._chat_prompt(turns, query, k=k, filters=filters, user=user, variables=variables)
+
+    def standalone_query(self, messages: Sequence[Any]) -> str:
+        """What retrieval (and the router) use for a chat: the final question made standalone
+        with this pipeline's ``history_query`` method (the question itself when there is no history)."""
+        return standalone_query(checked_messages(messages), method=self.history_query, generator=self.generator)
+
+    def _chat_prompt(
+        self, turns: Sequence[Message], query: str, *, k: int | None, filters: Filters | None, user: User | None,
+        variables: dict[str, Any], hits: Sequence[Hit] | None = None,
+    ) -> Prompt:
+        history, question = split_turns(turns)
+        if hits is None:
+            hits = self.retrieve(query, k=k, filters=filters, user=user)
+        return self.pack_chat(question, history, hits, variables)
+
     def _render(self, question: str, hits: list[Hit], variables: dict[str, Any], shots: int | None) -> Prompt:
         extra: dict[str, Any] = {}
         params = inspect.signature(self.prompt.render).parameters
@@ -200,27 +235,16 @@ class Pipeline:
 
     def pack_prompt(self, question: str, hits: Sequence[Hit], variables: dict[str, Any]) -> Prompt:
         """Render ``question`` with ``hits`` (best first), dropping passages then few-shot examples to fit the budget."""
-        hits = list(hits)
-        prompt = self._render(question, hits, variables, None)
+        return self.pack_chat(question, (), hits, variables)
+
+    def pack_chat(self, question: str, history: Sequence[Message], hits: Sequence[Hit], variables: dict[str, Any]) -> Prompt:
+        """Render ``question`` after the earlier turns ``history`` with ``hits`` (best first), dropping
+        old turns, passages and few-shot examples to fit the budget, in the order
+        :func:`layered.prompts.conversation.pack` documents. Without history: as :meth:`pack_prompt`."""
         budget_of = getattr(self.generator, "prompt_budget", None)
         count = getattr(self.generator, "count_tokens", None)
-        if budget_of is None or count is None:
-            return prompt
-        budget = int(budget_of)
-        shots = int(prompt.metadata.get("shots", 0))
-        # Over budget: drop the lowest-ranked passage, then few-shot examples; never cut the question.
-        while count(prompt) > budget and (hits or shots):
-            if hits:
-                hits = hits[:-1]
-            else:
-                shots -= 1
-            prompt = self._render(question, hits, variables, shots)
-        n = count(prompt)
-        if n > budget:
-            raise ContextOverflowError(
-                f"the question alone makes a {n}-token prompt but the generator allows {budget}; shorten the question"
-            )
-        return prompt
+        return pack(lambda kept, shots: self._render(question, kept, variables, shots), history=history, hits=hits,
+                    budget=None if budget_of is None or count is None else int(budget_of), count=count)
 
     def route(self, question: str, adapter: str | None = None) -> str | None:
         """The adapter a request gets: the one it names, else the router's pick, else None (the default)."""
@@ -238,47 +262,96 @@ class Pipeline:
 
     def ask(
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
-        adapter: str | None = None, **variables: Any,
+        adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
     ) -> Answer:
         """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt.
 
         ``adapter`` names the generator adapter to answer with (``"base"``: none); without
         it the router decides, else the generator's default adapter answers.
+        ``max_new_tokens`` caps this answer's length (with the prompt's own per-audience cap,
+        the smaller wins); the generator is not changed, so concurrent requests never see it.
+        ``ask(q)`` is ``chat([{"role": "user", "content": q}])``.
         """
         _check_question(question)
-        chosen = self._adapter_kwargs(question, adapter)
-        prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
+        return self.chat([Message("user", question)], k=k, filters=filters, user=user, adapter=adapter,
+                         max_new_tokens=max_new_tokens, **variables)
+
+    def chat(
+        self, messages: Sequence[Any], *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+        adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
+    ) -> Answer:
+        """Answer the last user message of a conversation, as :meth:`ask` answers a question.
+
+        ``messages``: :class:`~layered.types.Message` objects or ``{"role", "content"}`` dicts,
+        the whole history, ending with the user's question (checked by
+        :func:`~layered.prompts.conversation.checked_messages`). Retrieval and the router use
+        the standalone query (:meth:`standalone_query`); the earlier turns go into the prompt
+        as far as the budget allows, oldest dropped first. Client system messages are ignored.
+        """
+        _check_max_new_tokens(max_new_tokens)
+        turns = checked_messages(messages)
+        _check_question(split_turns(turns)[1])
+        query = self.standalone_query(turns)
+        chosen = self._adapter_kwargs(query, adapter)
+        prompt = self._chat_prompt(turns, query, k=k, filters=filters, user=user, variables=variables)
         if self._refuses(prompt):
             return Answer(text=self.refusal, metadata={"refused": True, "adapter": None})
-        generation = self.generator.generate(prompt, **chosen, **_length(prompt))
-        return _answer(
-            question, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
+        generation = self.generator.generate(prompt, **chosen, **_length(prompt, max_new_tokens))
+        answer = _answer(
+            query, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
             adapter=chosen.get("adapter", getattr(self.generator, "default_adapter", None)), grounding=self.grounding,
         )
+        if len(turns) > 1 and query != split_turns(turns)[1]:
+            answer = dataclasses.replace(answer, metadata={**answer.metadata, "query": query})
+        return answer
 
     def stream(
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
-        adapter: str | None = None, **variables: Any,
+        adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
     ) -> "AnswerStream":
         """The answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`).
 
         The returned iterator's ``metadata`` fills in once the prompt is built (before the
         first piece): ``injection_suspects`` as in :meth:`ask`, and ``refused``.
         """
+        def one_turn() -> tuple[Message, ...]:
+            _check_question(question)  # when iterated, as before
+            return (Message("user", question),)
+
+        return self._stream(one_turn, k=k, filters=filters, user=user, adapter=adapter, max_new_tokens=max_new_tokens,
+                            variables=variables)
+
+    def chat_stream(
+        self, messages: Sequence[Any], *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+        adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
+    ) -> "AnswerStream":
+        """:meth:`chat`'s answer in pieces as it is generated (same prompt and adapter), like :meth:`stream`."""
+        return self._stream(lambda: messages, k=k, filters=filters, user=user, adapter=adapter,
+                            max_new_tokens=max_new_tokens, variables=variables)
+
+    def _stream(
+        self, turns_of: Callable[[], Sequence[Any]], *, k: int | None, filters: Filters | None, user: User | None, adapter: str | None,
+        max_new_tokens: int | None, variables: dict[str, Any],
+    ) -> "AnswerStream":
         metadata: dict[str, Any] = {}
 
         def pieces() -> Iterator[str]:
-            _check_question(question)
-            chosen = self._adapter_kwargs(question, adapter)
-            prompt = self.build_prompt(question, k=k, filters=filters, user=user, **variables)
+            _check_max_new_tokens(max_new_tokens)
+            turns = checked_messages(turns_of())
+            _check_question(split_turns(turns)[1])
+            query = self.standalone_query(turns)
+            chosen = self._adapter_kwargs(query, adapter)
+            prompt = self._chat_prompt(turns, query, k=k, filters=filters, user=user, variables=variables)
             suspects = injection_suspects(prompt.context)
             if suspects:
                 metadata["injection_suspects"] = suspects
+            if len(turns) > 1 and query != split_turns(turns)[1]:
+                metadata["query"] = query
             if self._refuses(prompt):
                 metadata["refused"] = True
                 yield self.refusal
                 return
-            out = self.generator.stream(prompt, **chosen, **_length(prompt))
+            out = self.generator.stream(prompt, **chosen, **_length(prompt, max_new_tokens))
             yield from stream_answer_only(out) if getattr(self.prompt, "reasoning", False) else out
 
         return AnswerStream(pieces(), metadata)
@@ -361,7 +434,7 @@ class Pipeline:
         """A new pipeline sharing this one's parts and settings except ``changes`` (constructor names)."""
         current = {"generator": self.generator, "retriever": self.retriever, "prompt": self.prompt, "k": self.k,
                    "metadata": self.metadata, "router": self.router, "min_score": self.min_score, "refusal": self.refusal,
-                   "grounding": self.grounding}
+                   "grounding": self.grounding, "history_query": self.history_query}
         unknown = sorted(set(changes) - set(current))
         if unknown:
             raise ConfigError(f"Pipeline.replace: unknown part(s) {', '.join(unknown)}; known: {', '.join(current)}")
@@ -375,6 +448,7 @@ class Pipeline:
         cfg: dict[str, Any] = {
             "format": FORMAT_VERSION, "layered_version": layered.__version__, "k": self.k, "metadata": self.metadata,
             "min_score": self.min_score, "refusal": self.refusal, "grounding": self.grounding,
+            "history_query": self.history_query,
         }
         for name, part in parts.items():
             if part is None:
@@ -433,6 +507,7 @@ class Pipeline:
             generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
             k=cfg["k"], metadata=cfg.get("metadata") or {}, router=parts["router"],
             min_score=cfg.get("min_score"), refusal=cfg.get("refusal", DEFAULT_REFUSAL), grounding=cfg.get("grounding", "mark"),
+            history_query=cfg.get("history_query", DEFAULT_QUERY),
         )
 
 
@@ -453,6 +528,8 @@ def _checked_config(folder: Path, cfg: Any) -> dict[str, Any]:
         raise ArtifactError(f"{where}: 'min_score' must be a number or null, got {json_repr(cfg['min_score'])}")
     if not isinstance(cfg.get("refusal", DEFAULT_REFUSAL), str):
         raise ArtifactError(f"{where}: 'refusal' must be a string")
+    if cfg.get("history_query", DEFAULT_QUERY) not in QUERY_METHODS:
+        raise ArtifactError(f"{where}: 'history_query' must be one of {', '.join(QUERY_METHODS)}, got {json_repr(cfg['history_query'])}")
     if not isinstance(cfg.get("metadata") or {}, dict):
         raise ArtifactError(f"{where}: 'metadata' must be an object")
     for name in SLOTS:
@@ -494,10 +571,16 @@ def _check_question(question: Any) -> None:
         raise InputError("the question is empty; ask something")
 
 
-def _length(prompt: Prompt) -> dict[str, Any]:
-    """The answer budget a prompt asks for (e.g. per audience), as generator options."""
-    n = prompt.metadata.get("max_new_tokens")
-    return {} if n is None else {"max_new_tokens": int(n)}
+def _check_max_new_tokens(n: Any) -> None:
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise InputError(f"max_new_tokens must be a positive integer, got {n!r}")
+
+
+def _length(prompt: Prompt, requested: int | None = None) -> dict[str, Any]:
+    """The answer budget as generator options: the smaller of the prompt's own (e.g. per
+    audience) and the request's; nothing when neither sets one."""
+    caps = [int(n) for n in (prompt.metadata.get("max_new_tokens"), requested) if n is not None]
+    return {"max_new_tokens": min(caps)} if caps else {}
 
 
 def _ground(question: str, text: str, prompt: Prompt, mode: str) -> tuple[str, dict[str, Any]]:

@@ -94,12 +94,18 @@ class Generation:
 
 @dataclass(frozen=True)
 class Example:
-    """A supervised example: a question (plus template variables) and its reference answer."""
+    """A supervised example: a question (plus template variables) and its reference answer.
+
+    ``history`` holds the chat turns before the question for a multi-turn example (see
+    :func:`layered.prompts.conversation.example_from_messages`); it is formatted exactly as
+    :meth:`layered.Pipeline.chat` serves it.
+    """
 
     question: str
     answer: str
     variables: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    history: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)

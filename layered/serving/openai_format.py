@@ -1,9 +1,10 @@
 """OpenAI chat-completions wire format: requests in, responses and stream chunks out.
 
 Pure functions over JSON-ready dicts, so the HTTP layer stays thin and this stays testable.
-A chat request is answered by the pipeline: the last user message is the question (the
-pipeline adds its own system prompt and retrieved passages); ``model`` may name an adapter
-as ``"<served-name>:<adapter>"``.
+A chat request is answered by the pipeline's ``chat``: the whole message list is the
+conversation (the client sends the history; the server keeps none), the last user message
+the question (the pipeline adds its own system prompt and retrieved passages; client system
+messages are ignored); ``model`` may name an adapter as ``"<served-name>:<adapter>"``.
 """
 
 from __future__ import annotations
@@ -14,38 +15,13 @@ import uuid
 from typing import Any, Mapping
 
 from layered.errors import InputError
-from layered.types import Answer
+from layered.prompts.conversation import checked_messages
+from layered.types import Answer, Message
 
 
-def question_of(body: Mapping[str, Any]) -> str:
-    """The last user message of a chat request (a clear error when there is none)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InputError("'messages' must be a non-empty list of {role, content} objects")
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InputError("every message needs a 'role' (a string) and a 'content'")
-    for message in reversed(messages):
-        if message["role"] == "user":
-            return _text_of(message.get("content"))
-    raise InputError("the request has no user message")
-
-
-def _text_of(content: Any) -> str:
-    """A message's text: a string, or the ``{"type": "text", "text": ...}`` parts of a list, joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones, each must be well-formed
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise InputError("each content part must be an object with a 'type'")
-            if part["type"] == "text":
-                if not isinstance(part.get("text"), str):
-                    raise InputError("a text content part needs 'text' (a string)")
-                texts.append(part["text"])
-        return "".join(texts)
-    raise InputError("a user message's 'content' must be a string or a list of content parts")
+def messages_of(body: Mapping[str, Any]) -> tuple[Message, ...]:
+    """The checked message list of a chat request (see :func:`~layered.prompts.conversation.checked_messages`)."""
+    return checked_messages(body.get("messages"))
 
 
 def adapter_of(model: Any, served: str) -> str | None:

@@ -8,18 +8,17 @@ parser is refused here too, not as a ``RecursionError``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from layered.errors import InputError
 from layered.serving import openai_format as oai
+from layered.types import Message
 
 # Names the pipeline's ask() takes itself, or that the template fills: never prompt variables.
-RESERVED_VARIABLES = frozenset({"question", "context", "k", "filters", "user", "adapter", "embedder", "shots", "variables"})
-_FALLBACK_LOCK = threading.RLock()
+RESERVED_VARIABLES = frozenset({"question", "context", "k", "filters", "user", "adapter", "embedder", "shots", "variables",
+                                "messages", "max_new_tokens"})
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -66,25 +65,6 @@ def _max_tokens(body: Mapping[str, Any], limit: TokenLimit | None) -> int | None
     if value > limit.ceiling:
         raise InputError(f"'{key}' is {value}; this model's context holds at most {limit.ceiling} tokens")
     return min(value, limit.answer)
-
-
-@contextlib.contextmanager
-def max_new_tokens(generator: Any, n: int | None) -> Iterator[None]:
-    """Generate at most ``n`` tokens inside the block (None: as configured).
-
-    Holds the generator's own lock for the block, so a concurrent request never sees the
-    override; the pipeline re-enters that (reentrant) lock on the same thread.
-    """
-    if n is None or n == getattr(generator, "max_new_tokens", None):
-        yield
-        return
-    with getattr(generator, "_lock", None) or _FALLBACK_LOCK:
-        before = generator.max_new_tokens
-        generator.max_new_tokens = n
-        try:
-            yield
-        finally:
-            generator.max_new_tokens = before
 
 
 def _k(value: Any) -> int | None:
@@ -138,16 +118,26 @@ def ask_request(body: Mapping[str, Any], *, max_tokens_limit: TokenLimit | None)
 
 @dataclass(frozen=True)
 class ChatRequest:
-    question: str
+    messages: tuple[Message, ...]
     model: str
     adapter: str | None = None
     stream: bool = False
     max_tokens: int | None = None
+    k: int | None = None
+    variables: dict[str, str | int | float] = field(default_factory=dict)
+
+
+LAYERED_FIELDS = ("variables", "k")
 
 
 def chat_request(body: Mapping[str, Any], *, served: str, max_tokens_limit: TokenLimit | None) -> ChatRequest:
-    """A checked ``POST /v1/chat/completions`` body (``model`` may name ``served:adapter``)."""
-    question = oai.question_of(body)
+    """A checked ``POST /v1/chat/completions`` body (``model`` may name ``served:adapter``).
+
+    The whole message list is kept (checked as :meth:`layered.Pipeline.chat` checks it). An
+    optional ``"layered": {"variables": {...}, "k": n}`` object carries what ``/ask`` takes
+    as ``variables`` and ``k``, checked by the same rules (e.g. ``{"audience": "patient"}``).
+    """
+    messages = oai.messages_of(body)
     model = body.get("model")
     adapter = oai.adapter_of(model, served)
     stream = body.get("stream", False)
@@ -155,5 +145,14 @@ def chat_request(body: Mapping[str, Any], *, served: str, max_tokens_limit: Toke
         stream = False
     if not isinstance(stream, bool):
         raise InputError("'stream' must be true or false")
-    return ChatRequest(question=question, model=model or served, adapter=adapter, stream=stream,
-                       max_tokens=_max_tokens(body, max_tokens_limit))
+    extra = body.get("layered")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise InputError("'layered' must be an object with optional 'variables' and 'k'")
+    unknown = [str(name)[:40] for name in extra if name not in LAYERED_FIELDS]
+    if unknown:
+        raise InputError(f"'layered' has unknown field(s) {', '.join(map(repr, unknown))}; it takes {', '.join(LAYERED_FIELDS)}")
+    return ChatRequest(messages=messages, model=model or served, adapter=adapter, stream=stream,
+                       max_tokens=_max_tokens(body, max_tokens_limit), k=_k(extra.get("k")),
+                       variables=_variables(extra.get("variables")))

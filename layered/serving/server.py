@@ -195,8 +195,8 @@ class _App:
         user = self._user(request)
 
         def work() -> Any:
-            with rq.max_new_tokens(self.pipeline.generator, ask.max_tokens):
-                return self.pipeline.ask(ask.question, k=ask.k, user=user, adapter=ask.adapter, **ask.variables)
+            return self.pipeline.ask(ask.question, k=ask.k, user=user, adapter=ask.adapter, max_new_tokens=ask.max_tokens,
+                                     **ask.variables)
 
         return JSONResponse(oai.answer_json(await self._run(work)))
 
@@ -205,16 +205,14 @@ class _App:
         name = self.options.model_name
         chat = rq.chat_request(body, served=name, max_tokens_limit=rq.token_limit(self.pipeline.generator))
         user = self._user(request)
-        generator = self.pipeline.generator
+        options = {"k": chat.k, "user": user, "adapter": chat.adapter, "max_new_tokens": chat.max_tokens, **chat.variables}
         if chat.stream:
             self.admission.enter()  # left by the producer thread when generation has stopped
-            producer = _Producer(lambda: self.pipeline.stream(chat.question, user=user, adapter=chat.adapter),
-                                 generator, chat.max_tokens, self.admission)
+            producer = _Producer(lambda: self.pipeline.chat_stream(chat.messages, **options), self.admission)
             return await _EventStream.open(producer, request, chat.model)
 
         def work() -> Any:
-            with rq.max_new_tokens(generator, chat.max_tokens):
-                return self.pipeline.ask(chat.question, user=user, adapter=chat.adapter)
+            return self.pipeline.chat(chat.messages, **options)
 
         return JSONResponse(oai.completion(await self._run(work), chat.model))
 
@@ -230,8 +228,8 @@ class _Producer:
     pulling and close the iterator, which stops the generator's decoding loop.
     """
 
-    def __init__(self, make: Callable[[], Iterator[str]], generator: Any, max_tokens: int | None, admission: _Admission) -> None:
-        self.make, self.generator, self.max_tokens, self.admission = make, generator, max_tokens, admission
+    def __init__(self, make: Callable[[], Iterator[str]], admission: _Admission) -> None:
+        self.make, self.admission = make, admission
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -247,18 +245,17 @@ class _Producer:
 
     def _run(self) -> None:
         try:
-            with rq.max_new_tokens(self.generator, self.max_tokens):
-                pieces = self.make()
-                try:
-                    for piece in pieces:
-                        if self.cancelled.is_set():
-                            break
-                        self._put(piece)
-                    self.metadata = dict(getattr(pieces, "metadata", None) or {})
-                finally:
-                    close = getattr(pieces, "close", None)
-                    if close is not None:
-                        close()  # stops the decoding loop when we broke out early
+            pieces = self.make()
+            try:
+                for piece in pieces:
+                    if self.cancelled.is_set():
+                        break
+                    self._put(piece)
+                self.metadata = dict(getattr(pieces, "metadata", None) or {})
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()  # stops the decoding loop when we broke out early
             self._put(_END)
         except BaseException as e:  # surfaced on the event loop
             self._put(e)

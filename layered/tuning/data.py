@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from layered.errors import DocumentLoadError, EmptyCorpusError, InputError, SourceNotFoundError
 from layered.tuning.dedup import near_duplicate_groups
+from layered.prompts.conversation import example_from_messages
 from layered.types import Example
 
 PAIRS = (("question", "answer"), ("instruction", "response"), ("prompt", "completion"), ("input", "output"))
@@ -70,8 +71,9 @@ def load_examples(
 ) -> list[Example]:
     """Read examples; ``keep`` lists extra columns to carry as metadata (e.g. a split key).
 
-    Chat rows (``{"messages": [...]}``) use the last user turn as the question and the
-    final assistant turn as the answer.
+    Chat rows (``{"messages": [...]}``, ending with the assistant's answer) become multi-turn
+    examples: the last user turn is the question, the turns before it ``history``
+    (:func:`~layered.prompts.conversation.example_from_messages`), trained as ``chat`` serves them.
     """
     path = Path(path)
     rows = _rows(path)
@@ -92,13 +94,13 @@ def load_examples(
     out = []
     for row in rows:
         if pair[0] == "messages":
-            turns = row["messages"]
-            users = [t["content"] for t in turns if t.get("role") == "user"]
-            answers = [t["content"] for t in turns if t.get("role") == "assistant"]
-            question, answer = (users[-1] if users else ""), (answers[-1] if answers else "")
+            try:
+                out.append(example_from_messages(row["messages"], metadata={k: row[k] for k in keep}))
+            except InputError as e:
+                raise InputError(f"{path}: row {len(out) + 1}: {e}") from None
         else:
             question, answer = str(row[pair[0]] or ""), str(row[pair[1]] or "")
-        out.append(Example(question=question, answer=answer, metadata={k: row[k] for k in keep}))
+            out.append(Example(question=question, answer=answer, metadata={k: row[k] for k in keep}))
     return out
 
 

@@ -12,6 +12,7 @@ from layered.tuning.data import EmptyDatasetError, split
 from layered.tuning.formatting import Features, format_example
 from layered.tuning.methods import count_parameters
 from layered.tuning.trainer import TrainReport, evaluate_loss, train, uses_bf16
+from layered.prompts.conversation import example_from_messages
 from layered.types import Example
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,15 @@ def _features(pipeline: Any, examples: Sequence[Example], *, distractors: int, w
             f"answer (first: {too_long[0].question[:50]!r}); drop them with clean(max_chars=...) before fitting"
         )
     return out
+
+
+def _as_example(item: Any) -> Example:
+    """An :class:`Example` as given, or one from a ``{"messages": [...]}`` chat ending with the answer."""
+    if isinstance(item, Example):
+        return item
+    if isinstance(item, dict) and "messages" in item:
+        return example_from_messages(item["messages"], variables=item.get("variables"), metadata=item.get("metadata"))
+    raise InputError(f"a training example must be an Example or a {{'messages': [...]}} chat, not {type(item).__name__}")
 
 
 def fit_pipeline(
@@ -54,6 +64,8 @@ def fit_pipeline(
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
     """
     config = config or TuneConfig()
+    train_examples = [_as_example(e) for e in train_examples]
+    val = None if val is None else [_as_example(e) for e in val]
     generator = pipeline.generator
     if not hasattr(generator, "attach_adapter"):
         raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned; use the transformers generator")

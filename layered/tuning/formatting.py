@@ -2,7 +2,9 @@
 
 Each example becomes exactly the chat that :meth:`layered.Pipeline.ask` would send for its
 question (same template, same variables, same retrieved passages under the same token
-budget), followed by the reference answer as the assistant turn. Labels are ``-100`` (no
+budget), followed by the reference answer as the assistant turn. A multi-turn example
+(``Example.history``) becomes exactly the prompt :meth:`layered.Pipeline.chat` would build
+for that conversation: the same standalone query for retrieval, the same history packing. Labels are ``-100`` (no
 loss) on every prompt token and the answer's own ids on the assistant turn, so the model is
 trained only to produce answers. Optional distractors add passages retrieved for *other*
 questions, so the model learns to pick the right passage (retrieval-augmented fine-tuning).
@@ -17,7 +19,7 @@ from typing import Any, Sequence
 from layered.errors import ContextOverflowError
 from layered.generation.common import chat_messages
 from layered.prompts.injection import control_tokens, defuse_control_tokens
-from layered.types import Example, Hit
+from layered.types import Example, Hit, Message
 
 IGNORE = -100
 
@@ -53,13 +55,14 @@ def format_example(
     """
     generator = pipeline.generator
     tokenizer = generator.tokenizer
-    prompt = pipeline.build_prompt(example.question, **dict(example.variables))
+    turns = (*example.history, Message("user", example.question))
+    prompt = pipeline.build_chat_prompt(turns, **dict(example.variables))
     if distractors and pipeline.retriever is not None:
         extra = _distractors(pipeline, example, pool, distractors, random.Random(f"{seed}:{example.question}"))
         known = {h.chunk.id for h in prompt.context}
         hits = list(prompt.context) + [h for h in extra if h.chunk.id not in known]
         random.Random(seed).shuffle(hits)  # the right passage is not always first
-        prompt = pipeline.pack_prompt(example.question, hits, dict(example.variables))
+        prompt = pipeline.pack_chat(example.question, example.history, hits, dict(example.variables))
     chat = chat_messages(prompt, tokenizer)  # control tokens defused exactly as served
     prompt_ids = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
     full = chat + [{"role": "assistant", "content": defuse_control_tokens(example.answer, control_tokens(tokenizer))}]

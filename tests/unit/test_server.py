@@ -74,6 +74,15 @@ def test_streaming_sends_server_sent_events_ending_in_done(server, pipe):
     ("POST", "/v1/chat/completions", {"messages": []}, None, None, 400, "non-empty list"),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, None, None, 400, "no user message"),
     ("POST", "/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}, None, None, 400, "unknown model"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+     None, None, 400, "last message must be the user's"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, None, None, 400, "not one of system"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "layered": [1]}, None, None, 400, "'layered'"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "layered": {"adapter": "a"}}, None, None, 400,
+     "unknown field"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "layered": {"k": 0}}, None, None, 400, "'k'"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "layered": {"variables": {"messages": "x"}}},
+     None, None, 400, "not a prompt variable"),
     ("GET", "/nowhere", None, None, None, 404, "not served"),
     ("GET", "/ask", None, None, None, 405, "not served"),
     ("POST", "/ask", None, b"x" * 200_000, None, 413, "limit is 100000"),
@@ -99,3 +108,25 @@ def test_access_control_comes_from_the_configured_headers(server):
     _, _, insider = request(srv, "POST", "/ask", question, {"X-User": "bob", "X-Groups": "nurses, staff"})
     assert "secret" not in [s["doc_id"] for s in json.loads(outsider)["sources"]]
     assert "secret" in [s["doc_id"] for s in json.loads(insider)["sources"]]
+
+
+def test_chat_completions_answer_the_whole_conversation(server, pipe):
+    """The client sends the history; the follow-up is retrieved for as a standalone question."""
+    srv = server()
+    messages = [{"role": "user", "content": "What is Graves disease?"}, {"role": "assistant", "content": "A thyroid condition."},
+                {"role": "user", "content": "How is it treated?"}]
+    expected = pipe.chat(messages)
+    status, _, body = request(srv, "POST", "/v1/chat/completions", {"model": "tiny", "messages": messages})
+    data = json.loads(body)
+    assert status == 200 and data["choices"][0]["message"]["content"] == expected.text
+    assert data["layered"]["metadata"]["query"] == "How is Graves disease treated?"
+    status, _, body = request(srv, "POST", "/v1/chat/completions", {"messages": messages, "stream": True})
+    chunks = [json.loads(line[6:]) for line in body.decode().split("\n\n") if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
+    assert chunks[-1]["layered"]["metadata"]["query"] == "How is Graves disease treated?"
+    # The 'layered' object carries /ask's k and variables.
+    narrow = pipe.chat(messages, k=1)
+    status, _, body = request(srv, "POST", "/v1/chat/completions", {"messages": messages, "layered": {"k": 1, "variables": {}}})
+    data = json.loads(body)
+    assert status == 200 and data["choices"][0]["message"]["content"] == narrow.text
+    assert all(c["number"] == 1 for c in data["layered"]["citations"])

@@ -156,6 +156,16 @@ function renderFinal(item, text, layered) {
       appendWithCitations(body, run.text, byNumber);
     }
   }
+  const citations = (layered && layered.citations) || [];
+  if (citations.length && !body.querySelector("a.cite")) {
+    // The model cited no [n] itself: the passages its sentences were drawn from, as links.
+    const cited = el("p", "cited", "Drawn from ");
+    citations.forEach((c, i) => {
+      if (i) cited.append(document.createTextNode(" "));
+      cited.append(document.createTextNode("["), citationLink(c.number, byNumber.get(c.number) || c), document.createTextNode("]"));
+    });
+    item.append(cited);
+  }
   if (unsupported.length) {
     item.append(el("p", "note", `${unsupported.length} sentence(s) marked: not supported by the sources.`));
   }

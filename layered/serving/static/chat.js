@@ -146,7 +146,9 @@ function renderFinal(item, text, layered) {
     return;
   }
   const unsupported = (metadata.grounding && metadata.grounding.unsupported) || [];
-  for (const run of markRuns(text, unsupported)) {
+  const runs = markRuns(text, unsupported);
+  const marked = runs.filter((run) => run.unsupported).length; // sentences still in the text (a "drop" pipeline removed the rest)
+  for (const run of runs) {
     if (run.unsupported) {
       const mark = el("mark", "unsupported");
       mark.title = "Not supported by the passages shown to the model";
@@ -166,15 +168,14 @@ function renderFinal(item, text, layered) {
     });
     item.append(cited);
   }
-  if (unsupported.length) {
-    item.append(el("p", "note", `${unsupported.length} sentence(s) marked: not supported by the sources.`));
+  if (marked) {
+    item.append(el("p", "note", `${marked} sentence(s) marked: not supported by the sources.`));
   }
   if (sources.length) {
     const list = el("ol", "sources");
     for (const source of sources) {
       const entry = el("li", "source");
-      entry.append(citationLink(source.number, source));
-      entry.append(document.createTextNode(` ${source.doc_id}`));
+      entry.append(document.createTextNode("["), citationLink(source.number, source), document.createTextNode(`] ${source.doc_id}`));
       entry.append(el("span", "source-path", ` (${source.source})`));
       list.append(entry);
     }

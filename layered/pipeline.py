@@ -32,7 +32,7 @@ from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
 from layered.protocols import Filters, Generator, PromptTemplate, Retriever, Router
 from layered.retrieval.filters import User, matches, with_access
-from layered.types import Answer, Document, Hit, Message, Prompt
+from layered.types import Answer, Citation, Document, Generation, Hit, Message, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,10 @@ class Pipeline:
         """The answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`).
 
         The returned iterator's ``metadata`` fills in once the prompt is built (before the
-        first piece): ``injection_suspects`` as in :meth:`ask`, and ``refused``.
+        first piece): ``injection_suspects`` as in :meth:`ask`, and ``refused``; its
+        ``sources`` too. Once the last piece is out, ``citations`` and the metadata of
+        :meth:`ask` (``grounding``, ``citation_mode``, ...) follow, computed on the whole
+        streamed text; grounding only marks here (streamed text cannot be taken back).
         """
         def one_turn() -> tuple[Message, ...]:
             _check_question(question)  # when iterated, as before
@@ -334,6 +337,7 @@ class Pipeline:
         max_new_tokens: int | None, variables: dict[str, Any],
     ) -> "AnswerStream":
         metadata: dict[str, Any] = {}
+        result = AnswerStream(iter(()), metadata)
 
         def pieces() -> Iterator[str]:
             _check_max_new_tokens(max_new_tokens)
@@ -342,6 +346,7 @@ class Pipeline:
             query = self.standalone_query(turns)
             chosen = self._adapter_kwargs(query, adapter)
             prompt = self._chat_prompt(turns, query, k=k, filters=filters, user=user, variables=variables)
+            result.sources = tuple(to_citation(n, h) for n, h in enumerate(prompt.context, start=1))
             suspects = injection_suspects(prompt.context)
             if suspects:
                 metadata["injection_suspects"] = suspects
@@ -352,9 +357,17 @@ class Pipeline:
                 yield self.refusal
                 return
             out = self.generator.stream(prompt, **chosen, **_length(prompt, max_new_tokens))
-            yield from stream_answer_only(out) if getattr(self.prompt, "reasoning", False) else out
+            text: list[str] = []
+            for piece in stream_answer_only(out) if getattr(self.prompt, "reasoning", False) else out:
+                text.append(piece)
+                yield piece
+            done = _answer(query, prompt, Generation(text="".join(text)), adapter=chosen.get("adapter", getattr(
+                self.generator, "default_adapter", None)), grounding="off" if self.grounding == "off" else "mark")
+            result.citations = done.citations
+            metadata.update(done.metadata)
 
-        return AnswerStream(pieces(), metadata)
+        result._pieces = pieces()
+        return result
 
     def _refuses(self, prompt: Prompt) -> bool:
         """No passage cleared ``min_score``: answer with the refusal instead of guessing."""
@@ -551,6 +564,10 @@ class AnswerStream(Iterator[str]):
 
     def __init__(self, pieces: Iterator[str], metadata: dict[str, Any]) -> None:
         self._pieces, self.metadata = pieces, metadata
+        #: Every passage in the prompt (known before the first piece) and, once the stream
+        #: has ended, the ones the answer cites, as in :class:`~layered.types.Answer`.
+        self.sources: tuple[Citation, ...] = ()
+        self.citations: tuple[Citation, ...] = ()
 
     def __iter__(self) -> "AnswerStream":
         return self

@@ -34,7 +34,24 @@ def adapter_of(model: Any, served: str) -> str | None:
 
 
 def _passage(c: Any) -> dict[str, Any]:
-    return {"number": c.number, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source": c.source, "score": c.score}
+    """One passage as JSON: its number in the prompt, ids, source, score and text.
+
+    The text is the passage the requesting user's prompt held (retrieval already applied
+    their access list), so showing it tells them nothing they could not retrieve.
+    """
+    return {"number": c.number, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "source": c.source, "score": c.score,
+            "text": c.text}
+
+
+def passages(citations: Any) -> list[dict[str, Any]]:
+    return [_passage(c) for c in citations]
+
+
+def layered_extra(citations: Any, sources: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``layered`` object of a completion (or of a stream's final chunk): citations, every
+    source passage with its text, and the JSON-ready metadata (refusal, grounding, ...)."""
+    return {"citations": passages(citations), "sources": passages(sources),
+            "metadata": {k: v for k, v in metadata.items() if _is_json(v)}}
 
 
 def _metadata(answer: Answer) -> dict[str, Any]:
@@ -60,7 +77,7 @@ def completion(answer: Answer, model: str) -> dict[str, Any]:
                      "finish_reason": getattr(gen, "finish_reason", "stop") or "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
-        "layered": {"citations": [_passage(c) for c in answer.citations], "metadata": _metadata(answer)},
+        "layered": layered_extra(answer.citations, answer.sources, answer.metadata),
     }
 
 

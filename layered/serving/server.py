@@ -1,8 +1,8 @@
 """``layered serve``: a saved pipeline over HTTP, on uvicorn (h11) and Starlette.
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (OpenAI
-compatible, ``"stream": true`` for server-sent events) and ``POST /ask`` (the answer with its
-citations). Every error is a JSON body ``{"error": {"message", "type"}}`` with a 4xx status
+Endpoints: ``GET /`` (the chat page; its files under ``/static/``), ``GET /health``,
+``GET /v1/models``, ``POST /v1/chat/completions`` (OpenAI compatible, ``"stream": true`` for
+server-sent events) and ``POST /ask`` (the answer with its citations). Every error is a JSON body ``{"error": {"message", "type"}}`` with a 4xx status
 for bad requests (a 5xx only for a failure of the server itself); a bad request never stops
 the server, and every error response closes its connection (RFC 9112 §6.3: a body left
 unread must never be parsed as the next request).
@@ -115,7 +115,10 @@ class _App:
     def __init__(self, pipeline: Any, options: ServeOptions, admission: _Admission) -> None:
         self.pipeline, self.options, self.admission = pipeline, options, admission
         routes = {"/health": ("GET", self._health), "/v1/models": ("GET", self._models),
-                  "/v1/chat/completions": ("POST", self._chat), "/ask": ("POST", self._ask)}
+                  "/v1/chat/completions": ("POST", self._chat), "/ask": ("POST", self._ask), "/": ("GET", self._page)}
+        self.static = _static_files()
+        for name in self.static:  # only the files shipped in the static folder, by exact name: no path is ever joined
+            routes[f"/static/{name}"] = ("GET", self._asset)
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,7 +184,27 @@ class _App:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def _health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.options.model_name})
+        prompt = self.pipeline.prompt
+        audiences = getattr(prompt, "audiences", None)
+        return JSONResponse({
+            "status": "ok", "model": self.options.model_name,
+            # What the chat page offers: the prompt's audiences, and the headers that name the user.
+            "audiences": list(audiences) if isinstance(audiences, dict) else [],
+            "default_audience": getattr(prompt, "default_audience", None) if isinstance(audiences, dict) else None,
+            "user_header": self.options.user_header, "groups_header": self.options.groups_header,
+        })
+
+    async def _page(self, request: Request) -> Response:
+        return self._static_response("index.html")
+
+    async def _asset(self, request: Request) -> Response:
+        return self._static_response(request.url.path.removeprefix("/static/"))
+
+    def _static_response(self, name: str) -> Response:
+        if name not in self.static:  # an install without the page's files
+            raise HTTPError(404, f"the chat page's {name} is not installed", "not_found")
+        body, content_type = self.static[name]
+        return Response(body, media_type=content_type, headers=_PAGE_HEADERS)
 
     async def _models(self, request: Request) -> Response:
         name = self.options.model_name
@@ -217,6 +240,31 @@ class _App:
         return JSONResponse(oai.completion(await self._run(work), chat.model))
 
 
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+# The page runs offline: scripts, styles, images and requests from this origin only, nothing inline.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache",
+}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The chat page's files (``layered/serving/static``), read once: name -> (bytes, content type)."""
+    from importlib.resources import files
+
+    folder = files("layered.serving") / "static"
+    out: dict[str, tuple[bytes, str]] = {}
+    if not folder.is_dir():
+        return out
+    for entry in folder.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
+        if entry.is_file() and suffix in _CONTENT_TYPES:
+            out[entry.name] = (entry.read_bytes(), _CONTENT_TYPES[suffix])
+    return out
+
+
 _END = object()
 
 
@@ -235,6 +283,8 @@ class _Producer:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.metadata: dict[str, Any] = {}
+        self.citations: tuple[Any, ...] = ()
+        self.sources: tuple[Any, ...] = ()
         threading.Thread(target=self._run, name="layered-stream", daemon=True).start()
 
     def _put(self, item: Any) -> None:
@@ -252,6 +302,8 @@ class _Producer:
                         break
                     self._put(piece)
                 self.metadata = dict(getattr(pieces, "metadata", None) or {})
+                self.citations = tuple(getattr(pieces, "citations", ()) or ())
+                self.sources = tuple(getattr(pieces, "sources", ()) or ())
             finally:
                 close = getattr(pieces, "close", None)
                 if close is not None:
@@ -301,7 +353,8 @@ class _EventStream(Response):
             while item is not _END:
                 await body(oai.chunk(completion_id, self.model, {"content": item}))
                 item = await _next(self.producer, self.watcher)
-            extra = {"layered": {"metadata": self.producer.metadata}} if self.producer.metadata else {}
+            p = self.producer
+            extra = {"layered": oai.layered_extra(p.citations, p.sources, p.metadata)} if p.metadata or p.sources else {}
             await body(oai.chunk(completion_id, self.model, {}, finish="stop", extra=extra))
             await send({"type": "http.response.body", "body": oai.DONE, "more_body": False})
         except _ClientGone:

@@ -11,6 +11,7 @@ from layered import Pipeline
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
+from layered.retrieval.filters import User
 from layered.types import Document
 
 
@@ -130,3 +131,40 @@ def test_chat_completions_answer_the_whole_conversation(server, pipe):
     data = json.loads(body)
     assert status == 200 and data["choices"][0]["message"]["content"] == narrow.text
     assert all(c["number"] == 1 for c in data["layered"]["citations"])
+
+
+def test_the_chat_page_and_its_files_are_served_with_a_same_origin_policy(server):
+    srv = server()
+    status, headers, page = request(srv, "GET", "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8" and b"<title>layered chat</title>" in page
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert b"http://" not in page and b"https://" not in page  # nothing from another origin
+    for name, kind in [("chat.js", "text/javascript; charset=utf-8"), ("chat.css", "text/css; charset=utf-8")]:
+        status, headers, body = request(srv, "GET", f"/static/{name}")
+        assert status == 200 and headers["Content-Type"] == kind and headers["X-Content-Type-Options"] == "nosniff"
+        assert b"http://" not in body and b"https://" not in body and b"@import" not in body
+    for path in ["/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py", "/static/", "/static/nope.js",
+                 "/static//etc/passwd", "/static/chat.js/"]:
+        assert request(srv, "GET", path)[0] == 404, path
+    assert request(srv, "POST", "/")[0] == 405
+    health = json.loads(request(srv, "GET", "/health")[2])
+    assert health["audiences"] == [] and health["user_header"] is None
+
+
+def test_the_streams_final_chunk_carries_sources_with_text_citations_and_grounding(server, pipe):
+    srv = server(user_header="X-User")
+    question = "What causes thyroid problems?"
+    _, _, body = request(srv, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": question}], "stream": True},
+                         {"X-User": "ann"})
+    chunks = [json.loads(line[6:]) for line in body.decode().split("\n\n") if line.startswith("data: {")]
+    final = chunks[-1]["layered"]
+    expected = pipe.ask(question, user=User("ann"))
+    assert [(s["number"], s["chunk_id"], s["text"]) for s in final["sources"]] == [(s.number, s.chunk_id, s.text) for s in expected.sources]
+    assert "secret" not in {s["doc_id"] for s in final["sources"]}
+    assert [c["chunk_id"] for c in final["citations"]] == [c.chunk_id for c in expected.citations]
+    grounding = final["metadata"]["grounding"]
+    assert grounding["mode"] == "mark" and grounding["unsupported"] == expected.metadata["grounding"]["unsupported"]
+    _, _, body = request(srv, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": question}]}, {"X-User": "ann"})
+    layered = json.loads(body)["layered"]
+    assert layered["sources"] == final["sources"] and layered["metadata"]["grounding"] == grounding

@@ -31,6 +31,7 @@ import numpy as np
 
 from layered import Pipeline
 from layered.generation.adapters import serving
+from layered.generation.llamacpp_batch import Sampling
 from layered.generation.llamacpp_generator import PRECISIONS, LlamaCppGenerator
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
@@ -53,21 +54,12 @@ def hf_tokens(gen: TransformersGenerator, ids: list[int], n: int) -> list[int]:
 
 
 def cpp_tokens(gen: LlamaCppGenerator, ids: list[int], n: int) -> list[int]:
-    llm, tok = gen._load()
-    llm.reset()
-    out: list[int] = []
-    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
-        if token == tok.eos_token_id or len(out) == n:
-            break
-        out.append(token)
-    return out
+    """Raw greedy tokens (no repeat penalty, no guard) through the generator's batching engine."""
+    return list(gen._load().submit(ids, adapter=gen.default_adapter, max_new_tokens=n, sampling=Sampling(repeat_penalty=1.0)).tokens())
 
 
 def cpp_logits(gen: LlamaCppGenerator, ids: list[int]):
-    llm = gen._load()[0]
-    llm.reset()
-    llm.eval(ids)  # without logits_all, only the last position's logits are kept, in the context
-    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+    return gen._load().logits(ids, adapter=gen.default_adapter).astype(np.float64)
 
 
 def hf_logits(gen: TransformersGenerator, ids: list[int], adapter: str | None):

@@ -97,6 +97,9 @@ class Job:
     sampling: Sampling
     stats: JobStats = field(default_factory=JobStats)
     finish_reason: str | None = None  # "stop" (end-of-generation token) or "length"
+    #: Only evaluate the prompt and keep its last position's logits here (see ``BatchEngine.logits``).
+    logits: Any = None
+    logits_only: bool = False
     _out: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -212,7 +215,7 @@ class BatchEngine:
     # -- public ------------------------------------------------------------------------------
 
     def submit(self, ids: Sequence[int], *, adapter: str | None = None, max_new_tokens: int = 256,
-               sampling: Sampling = Sampling()) -> Job:
+               sampling: Sampling = Sampling(), logits_only: bool = False) -> Job:
         """Queue a request; its tokens arrive on the returned :class:`Job`."""
         if adapter is not None and adapter not in self._loras:
             raise GenerationError(f"the engine has no adapter {adapter!r}")
@@ -220,7 +223,7 @@ class BatchEngine:
             raise GenerationError("cannot generate from an empty prompt")
         if len(ids) + max_new_tokens > self.window:
             raise GenerationError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed the {self.window}-token window")
-        job = Job(list(ids), adapter, max_new_tokens, sampling)
+        job = Job(list(ids), adapter, max_new_tokens, sampling, logits_only=logits_only)
         job.stats.submitted = time.perf_counter()
         job.stats.prompt_tokens = len(job.ids)
         with self._wake:
@@ -229,6 +232,14 @@ class BatchEngine:
             self._waiting.append(job)
             self._wake.notify()
         return job
+
+    def logits(self, ids: Sequence[int], *, adapter: str | None = None) -> Any:
+        """The next-token logits after ``ids`` (a float32 array over the vocabulary), computed
+        in the engine's own steps like any request (for agreement checks and benchmarks)."""
+        job = self.submit(ids, adapter=adapter, max_new_tokens=1, logits_only=True)
+        for _ in job.tokens():
+            pass
+        return job.logits
 
     def piece(self, token: int) -> bytes:
         """The bytes of ``token`` (a UTF-8 character may span several tokens)."""
@@ -372,6 +383,13 @@ class BatchEngine:
                 if run.todo:
                     continue
                 self._learn_prefix(run)
+                if run.job.logits_only:
+                    import numpy as np
+
+                    row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+                    run.job.logits = np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+                    self._finish(run, None)
+                    continue
             token = run.sampler.sample(self._ctx, index)
             self._emit(run, token, now)
 

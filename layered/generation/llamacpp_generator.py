@@ -3,8 +3,13 @@
 The prompt is rendered to token ids with the model's own chat template through the
 transformers tokenizer read from the same GGUF, so llama.cpp sees exactly the tokens the
 transformers generator (and ``Pipeline.fit``) would: train what you serve, serve it fast.
-A LoRA adapter exported to GGUF (:mod:`layered.tuning.export`) is applied at load
-time. Decoding is greedy unless ``temperature > 0``; ``stop`` sequences end the answer.
+LoRA adapters exported to GGUF (:mod:`layered.tuning.export`) are loaded once and chosen
+per request by name. Decoding is greedy unless ``temperature > 0``; ``stop`` sequences end
+the answer.
+
+Requests decode through :class:`~layered.generation.llamacpp_batch.BatchEngine`: up to
+``parallel`` requests from any threads share each llama.cpp step (continuous batching),
+and a request's greedy answer is the same whether it ran alone or beside others.
 
 By default a quantized GGUF is served with its weights widened to F16
 (:mod:`layered.generation.gguf_weights`): llama.cpp then computes what the transformers
@@ -46,6 +51,8 @@ class LlamaCppGenerator:
     (default) serves a quantized GGUF's weights widened to 16-bit floats, so the answers are
     the transformers backend's; ``"native"`` multiplies the quantized blocks as stored (llama.cpp
     then quantizes activations to 8 bits: 3-16% more tokens/s here, a third of the weight memory).
+    ``parallel``: requests decoded together at most (the KV cache holds ``parallel`` full
+    windows); further requests wait for a free slot.
     """
 
     kind = "llamacpp"
@@ -108,6 +115,7 @@ class LlamaCppGenerator:
         self._engine: BatchEngine | None = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
+        self._encode_lock = threading.Lock()
 
     @classmethod
     def from_generator(cls, generator: Any, *, adapter_dir: str | Path | None = None, **options: Any) -> "LlamaCppGenerator":
@@ -189,7 +197,9 @@ class LlamaCppGenerator:
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of the prompt after the model's chat template (as the transformers generator)."""
         tokenizer = self.tokenizer
-        return list(tokenizer.apply_chat_template(chat_messages(prompt, tokenizer), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        with self._encode_lock:  # a fast tokenizer must not be used by two threads at once
+            return list(tokenizer.apply_chat_template(chat_messages(prompt, tokenizer), add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)["input_ids"])
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))

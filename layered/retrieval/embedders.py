@@ -59,6 +59,7 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.precision = precision
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
         self._st: Any = None
 
     @cached_property
@@ -127,7 +128,9 @@ class SentenceTransformerEmbedder:
         import torch
 
         model = self._model()
-        with torch.autocast(device_type=(self.device or "cpu").split(":")[0], dtype=torch.bfloat16, enabled=self.uses_bf16):
+        # One encode at a time: a fast tokenizer shared across threads can fail with "Already
+        # borrowed", and two concurrent encodes would only split the same cores.
+        with self._encode_lock, torch.autocast(device_type=(self.device or "cpu").split(":")[0], dtype=torch.bfloat16, enabled=self.uses_bf16):
             vectors = model.encode(
                 list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                 normalize_embeddings=True, show_progress_bar=False,

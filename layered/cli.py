@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--user-header", help="header carrying the user id; when set, retrieval honours document access lists")
     srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated")
     srv.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503 (default 32)")
+    srv.add_argument("--parallel", type=_positive, help="llama.cpp backend: requests decoded together (default 8; 1 answers one "
+                                                        "at a time)")
     srv.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     _add_trust_options(srv)
 
@@ -162,6 +164,16 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is out of range; use 1-65535 (0 picks a free one)")
     return port
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive number")
+    return n
 
 
 def _check_out(out: str) -> None:
@@ -454,6 +466,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args.dir, args)
     if args.backend:
         pipe = pipe.serve_with(args.backend)
+    if args.parallel is not None:
+        if getattr(pipe.generator, "kind", None) != "llamacpp":
+            raise layered.errors.ConfigError("--parallel sets the llama.cpp backend's batch; add --backend llamacpp")
+        pipe.generator.parallel = args.parallel  # read when the model loads, below
     pipe.warm_up()
     options = ServeOptions(model_name=args.name, max_body_bytes=args.max_body, max_queue=args.max_queue,
                            user_header=args.user_header, groups_header=args.groups_header)

@@ -365,6 +365,9 @@ class Pipeline:
                 self.generator, "default_adapter", None)), grounding="off" if self.grounding == "off" else "mark")
             result.citations = done.citations
             metadata.update(done.metadata)
+            timing = getattr(out, "timing", None)  # generators that measure their requests
+            if timing:
+                metadata["timing"] = dict(timing)
 
         result._pieces = pieces()
         return result
@@ -633,6 +636,9 @@ def _answer(
     sources = tuple(to_citation(n, h) for n, h in enumerate(prompt.context, start=1))
     if invalid:
         metadata["invalid_citations"] = invalid
+    timing = getattr(generation, "timing", None)
+    if timing:
+        metadata["timing"] = dict(timing)
     suspects = injection_suspects(prompt.context)
     if suspects:
         metadata["injection_suspects"] = suspects

@@ -90,6 +90,10 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: Literal["stop", "length"] = "stop"
+    #: Where the time went, when the generator measures it (seconds and token counts; the
+    #: llama.cpp generator reports queued_s, prefill_s, decode_s, ttft_s, prompt_tokens,
+    #: cached_tokens and tokens).
+    timing: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,15 @@ class JobStats:
 
     @property
     def decode_s(self) -> float:
-        """From the first generated token to the last."""
-        return max(0.0, self.finished - self.first_token) if self.first_token else 0.0
+        """From the first generated token to the last (to now, while the request still runs)."""
+        return max(0.0, (self.finished or time.perf_counter()) - self.first_token) if self.first_token else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The timings and token counts as plain numbers (``ttft_s``: submission to first token)."""
+        ttft = max(0.0, self.first_token - self.submitted) if self.first_token else 0.0
+        return {"queued_s": round(self.queued_s, 4), "prefill_s": round(self.prefill_s, 4), "decode_s": round(self.decode_s, 4),
+                "ttft_s": round(ttft, 4), "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
+                "tokens": self.tokens}
 
 
 _DONE = object()
@@ -168,6 +175,7 @@ class BatchEngine:
         loras: Mapping[str, str | Path] | None = None,
         lora_scale: float = 1.0,
         prefix_cache: bool = True,
+        unified: bool = False,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -176,16 +184,20 @@ class BatchEngine:
         set_verbose(False)  # llama.cpp's load and graph logs: errors only
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
-        self.slots, self.window, self.batch_size = slots, window, batch
-        self.prefix_cache = prefix_cache
+        self.model_path, self.slots, self.window, self.batch_size = Path(model_path), slots, window, batch
+        self.prefix_cache, self.unified = prefix_cache, unified
         self._pad_seq = slots  # a throwaway row for one-token steps (see _step)
         self._model = _internals.LlamaModel(path_model=str(model_path), params=llama_cpp.llama_model_default_params(), verbose=False)
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = slots * window  # the prefix sequence shares its cells, it adds none
+        n_seq = slots + 2 + len(loras or {})  # + the pad row + one cached prefix per adapter
+        # Unified: one pool of cells for all sequences. Not unified (the default): each sequence
+        # id its own stream of ``window`` cells, so attention reads only that sequence's cells
+        # (measured: 1.57x vs 1.39x one-at-a-time on 700-token prompts, 8 at once).
+        params.n_ctx = (slots if unified else n_seq) * window
         params.n_batch = params.n_ubatch = batch
-        params.n_seq_max = slots + 2 + len(loras or {})  # + the pad row + one cached prefix per adapter
+        params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = True  # per-sequence streams split mixed batches into many small steps
+        params.kv_unified = unified
         params.no_perf = True
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
@@ -207,6 +219,7 @@ class BatchEngine:
         self._running: list[_Running] = []
         self._free = list(range(slots))
         self._turn = itertools.count()
+        self._prefilled_last = False
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="layered-llamacpp-batch", daemon=True)
@@ -317,7 +330,7 @@ class BatchEngine:
         # Always leave one prompt token to evaluate: its logits pick the first answer token.
         n = min(_common(prefix.tokens, ids), len(ids) - 1)
         if n >= MIN_PREFIX:
-            self._memory_cp(prefix.seq, run.seq, n)
+            self._memory_cp(prefix.seq, run.seq, n, have=len(prefix.tokens))
             run.pos, run.todo = n, ids[n:]
             run.job.stats.cached_tokens = n
         # The longest start two consecutive prompts share becomes the cached prefix once
@@ -331,7 +344,7 @@ class BatchEngine:
         prefix = self._prefix[run.job.adapter]
         if n > len(prefix.tokens):
             self._memory_rm(prefix.seq)
-            self._memory_cp(run.seq, prefix.seq, n)
+            self._memory_cp(run.seq, prefix.seq, n, have=run.pos)
             prefix.tokens = run.job.ids[:n]
 
     def _drop_cancelled(self) -> None:
@@ -339,26 +352,32 @@ class BatchEngine:
             self._finish(run, None)
 
     def _step(self) -> None:
-        """One decode call: the sequences of one adapter, decode tokens first, then prompt chunks."""
+        """One llama.cpp call for the sequences of one adapter: either one token for every
+        generating sequence (a decode step), or one chunk of one waiting prompt (a prefill
+        step). Decode and prefill steps alternate while both have work, so answers keep
+        flowing while new prompts are read."""
         adapters = list(dict.fromkeys(r.job.adapter for r in self._running))
         adapter = adapters[next(self._turn) % len(adapters)]
         group = [r for r in self._running if r.job.adapter == adapter]
         self._set_adapter(adapter)
         batch = self._batch.batch
         n, outputs = 0, []
-        for run in group:  # one token each for the sequences that are generating
-            if not run.todo:
+        decoding = [r for r in group if not r.todo]
+        prefilling = [r for r in group if r.todo]
+        if decoding and (not prefilling or not self._prefilled_last):
+            for run in decoding:
                 _put(batch, n, run.last, run.pos, run.seq, True)
                 outputs.append((run, n, 1))
                 n += 1
-        for run in group:  # then prompt chunks, as much as the batch holds
-            if run.todo and n < self.batch_size:
-                take = run.todo[: self.batch_size - n]
-                for i, token in enumerate(take):
-                    last = i == len(take) - 1 and len(take) == len(run.todo)
-                    _put(batch, n, token, run.pos + i, run.seq, last)
-                    n += 1
-                outputs.append((run, n - 1, len(take)))
+            self._prefilled_last = False
+        else:  # the oldest waiting prompt, one chunk
+            run = prefilling[0]
+            take = run.todo[: self.batch_size]
+            for i, token in enumerate(take):
+                _put(batch, n, token, run.pos + i, run.seq, i == len(take) - 1 and len(take) == len(run.todo))
+                n += 1
+            outputs.append((run, n - 1, len(take)))
+            self._prefilled_last = True
         if n == 1:
             # llama.cpp multiplies a one-row batch with other kernels (ggml's vec_dot) than a
             # batch of several rows (tinyBLAS): pad it with a throwaway row, so a request's
@@ -457,10 +476,17 @@ class BatchEngine:
 
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq, -1, -1)
 
-    def _memory_cp(self, src: int, dst: int, n: int) -> None:
+    def _memory_cp(self, src: int, dst: int, n: int, *, have: int) -> None:
+        """Give ``dst`` the KV cells of ``src``'s first ``n`` tokens (``src`` holds ``have``)."""
         import llama_cpp
 
-        llama_cpp.llama_memory_seq_cp(self._ctx.memory, src, dst, 0, n)
+        if self.unified:  # cells are shared, not copied
+            llama_cpp.llama_memory_seq_cp(self._ctx.memory, src, dst, 0, n)
+            return
+        # Separate streams: llama.cpp copies whole streams only; copy, then cut to n tokens.
+        llama_cpp.llama_memory_seq_cp(self._ctx.memory, src, dst, -1, -1)
+        if n < have:
+            llama_cpp.llama_memory_seq_rm(self._ctx.memory, dst, n, -1)
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:

@@ -236,16 +236,17 @@ class LlamaCppGenerator:
         job = self.submit(prompt, adapter=adapter, max_new_tokens=max_new_tokens)
         text = "".join(self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length"))
         finish: Literal["stop", "length"] = "length" if job.finish_reason == "length" else "stop"
-        return Generation(text=text, prompt_tokens=job.stats.prompt_tokens, completion_tokens=job.stats.tokens, finish_reason=finish)
+        return Generation(text=text, prompt_tokens=job.stats.prompt_tokens, completion_tokens=job.stats.tokens, finish_reason=finish,
+                          timing=job.stats.as_dict())
 
-    def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]:
-        """Yield the answer in pieces (whole sentences, guarded): the same text as ``generate``.
+    def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> "TimedStream":
+        """The answer in pieces (whole sentences, guarded): the same text as ``generate``.
 
         Closing the iterator early (a client that went away) frees the request's slot before
-        the engine's next step.
+        the engine's next step; its ``timing`` is the request's, complete once it is exhausted.
         """
         job = self.submit(prompt, adapter=adapter, max_new_tokens=max_new_tokens)
-        yield from self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length")
+        return TimedStream(self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length"), job)
 
     def _pieces(self, job: Job) -> Iterator[str]:
         """The job's text, one piece per token (UTF-8 split across tokens held back until whole),
@@ -322,6 +323,25 @@ def _inside(folder: Path, name: str) -> Path:
         raise ConfigError(f"adapter file name {name!r} in the saved config is not a plain file name")
     return folder / "generator" / name
 
+
+
+class TimedStream(Iterator[str]):
+    """A streamed answer's pieces, with the request's ``timing`` (see ``Generation.timing``)."""
+
+    def __init__(self, pieces: Iterator[str], job: Job) -> None:
+        self._pieces, self._job = pieces, job
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def timing(self) -> dict[str, float]:
+        return self._job.stats.as_dict()
 
 
 def _stop_prefix(text: str, stops: Sequence[str]) -> int:

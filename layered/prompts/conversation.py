@@ -117,6 +117,23 @@ _PRONOUN = re.compile(r"\b(?:this condition|this disease|the condition|the disea
 _SENTENCE = re.compile(r"(?<=[.?!])\s+")
 
 
+#: Words that ask about an aspect of a topic without naming one ("What are the early symptoms?").
+_ASPECT = frozenset("""
+a an the what which who whom how why when where is are was were be been do does did can could should would will there
+any some many much more most of for to in on with about it its early first main common usual best other treatment
+treatments treat treated treating therapy therapies cure cured symptom symptoms sign signs cause causes caused
+diagnose diagnosed diagnosis test tests tested outlook prognosis inherited inheritance genetic genes gene risk risks
+prevent prevented prevention people person affected affect affects complication complications type types stage
+stages long term effects effect side medicine medicines medication medications drug drugs get happen happens
+i me my you your we us our they them their this that these those have has had need needs
+""".split())
+
+
+def names_a_subject(question: str) -> bool:
+    """Whether ``question`` has a word beyond question words and aspects (symptoms, treatment...)."""
+    return any(w not in _ASPECT for w in re.findall(r"[a-z0-9']+", question.lower()))
+
+
 def topic_of(text: str) -> str:
     """The subject of a question such as "What is Graves disease?" -> "Graves disease" (the last question-like sentence)."""
     sentences = [s for s in _SENTENCE.split(text.strip()) if s]
@@ -158,7 +175,11 @@ def standalone_query(messages: Sequence[Message], *, method: str = DEFAULT_QUERY
     if method == "resolve":
         topic = topic_of(earlier[-1])
         resolved, n = _PRONOUN.subn(topic, question, count=1)
-        return resolved if n else f"{question} ({topic})"
+        if n:
+            return resolved
+        # No pronoun: a question that names its own subject ("What is the capital of France?")
+        # stands alone (and can still be refused); a bare aspect ("What are the symptoms?") gets the topic.
+        return question if names_a_subject(question) else f"{question} ({topic})"
     if generator is None:
         raise InputError("the 'condense' query method needs the generator")
     return _condense(history, question, generator)

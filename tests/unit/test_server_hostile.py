@@ -260,3 +260,31 @@ def test_closing_a_llamacpp_stream_stops_decoding_within_a_step():
     gen.generate(Prompt(messages=(Message("user", "Say hi."),)))
     assert closed < 0.5 and gen._lock.acquire(blocking=False)  # the lock is free again
     gen._lock.release()
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_mid_stream_frees_its_llamacpp_batch_slot_at_once():
+    """With continuous batching the freed slot is the point: it must be free before the next decode step."""
+    from layered.generation.llamacpp_generator import LlamaCppGenerator
+
+    gen = LlamaCppGenerator(max_new_tokens=400, parallel=2, loop_ngram=None, whole_sentences=False, threads=2)
+    srv = PipelineServer(Pipeline(generator=gen, retriever=None), ("127.0.0.1", 0))
+    srv.start()
+    try:
+        engine = gen._load()
+        with socket.create_connection(srv.server_address[:2], timeout=60) as s:
+            s.sendall(_stream_request("Write a long story about a dragon and a knight."))
+            received = b""
+            while received.count(b'"content"') < 3:  # the role chunk, then streamed text
+                received += s.recv(4096)
+            assert engine.active == 1
+        deadline = time.monotonic() + 2.0
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 0  # the abandoned request left the batch
+        status, _, body = request(srv, "POST", CHAT, {**user("Say hi."), "max_tokens": 8})
+        assert status == 200, body
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        gen.close()

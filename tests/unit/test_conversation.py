@@ -147,3 +147,13 @@ def test_a_multi_turn_example_trains_on_exactly_the_prompt_chat_serves(pipe, smo
     assert "With drugs that lower thyroid hormone [1]." in smol_tokenizer.decode(answer)
     with pytest.raises(InputError, match="last message must be the assistant's"):
         example_from_messages(chat[:-1])
+
+
+def test_a_follow_up_that_names_its_own_subject_is_not_given_the_old_topic():
+    from layered.prompts.conversation import standalone_query
+
+    turns = checked_messages([{"role": "user", "content": "What is glaucoma?"}, {"role": "assistant", "content": "An eye disease."},
+                              {"role": "user", "content": "What is the capital of France?"}])
+    assert standalone_query(turns) == "What is the capital of France?"  # off-topic stays off-topic (and can be refused)
+    turns = checked_messages([*turns[:2], {"role": "user", "content": "What are the early symptoms?"}])
+    assert standalone_query(turns) == "What are the early symptoms? (glaucoma)"

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import layered
 from layered import registry
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
-from layered.errors import ArtifactError, ConfigError, ContextOverflowError, InputError
+from layered.errors import ArtifactError, ConfigError, InputError
 from layered.outbound import Trust, checked_slots
 from layered.prompts.conversation import (
     DEFAULT_QUERY, QUERY_METHODS, checked_messages, pack, split_turns, standalone_query,
@@ -32,7 +32,7 @@ from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
 from layered.protocols import Filters, Generator, PromptTemplate, Retriever, Router
 from layered.retrieval.filters import User, matches, with_access
-from layered.types import Answer, Citation, Document, Generation, Hit, Message, Prompt
+from layered.types import Answer, Citation, Document, Generation, Hit, Message, PieceStream, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -560,28 +560,18 @@ def json_repr(value: Any) -> str:
     return json.dumps(value, default=lambda o: type(o).__name__)[:60]
 
 
-class AnswerStream(Iterator[str]):
+class AnswerStream(PieceStream):
     """A streamed answer: iterate for its text pieces; ``metadata`` (filled before the first
     piece) carries what :class:`~layered.types.Answer` metadata would; ``close()`` stops the
     generator's decoding loop."""
 
     def __init__(self, pieces: Iterator[str], metadata: dict[str, Any]) -> None:
-        self._pieces, self.metadata = pieces, metadata
+        super().__init__(pieces)
+        self.metadata = metadata
         #: Every passage in the prompt (known before the first piece) and, once the stream
         #: has ended, the ones the answer cites, as in :class:`~layered.types.Answer`.
         self.sources: tuple[Citation, ...] = ()
         self.citations: tuple[Citation, ...] = ()
-
-    def __iter__(self) -> "AnswerStream":
-        return self
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
 
 
 def _check_question(question: Any) -> None:

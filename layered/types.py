@@ -7,7 +7,7 @@ serialised to JSON (``to_dict``/``from_dict``) without pickle.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 Role = Literal["system", "user", "assistant"]
 
@@ -153,3 +153,22 @@ class Answer:
             },
             "metadata": dict(self.metadata),
         }
+
+
+class PieceStream(Iterator[str]):
+    """Text pieces drawn from another iterator; ``close()`` closes that iterator, which stops
+    whatever produces the pieces (a generator's decoding loop)."""
+
+    def __init__(self, pieces: Iterator[str]) -> None:
+        self._pieces = pieces
+
+    def __iter__(self) -> "PieceStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()

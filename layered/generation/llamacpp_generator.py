@@ -35,7 +35,7 @@ from layered.generation.common import chat_messages, check_budget, check_fits, c
 from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
 from layered.generation.llamacpp_batch import BatchEngine, Job, Sampling
-from layered.types import Generation, Prompt
+from layered.types import Generation, PieceStream, Prompt
 
 LORA_FILE = "adapter.gguf"
 DEFAULT_NAME = "default"
@@ -325,19 +325,12 @@ def _inside(folder: Path, name: str) -> Path:
 
 
 
-class TimedStream(Iterator[str]):
+class TimedStream(PieceStream):
     """A streamed answer's pieces, with the request's ``timing`` (see ``Generation.timing``)."""
 
     def __init__(self, pieces: Iterator[str], job: Job) -> None:
-        self._pieces, self._job = pieces, job
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
+        super().__init__(pieces)
+        self._job = job
 
     @property
     def timing(self) -> dict[str, float]:

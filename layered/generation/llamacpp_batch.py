@@ -2,25 +2,29 @@
 
 llama-cpp-python's ``Llama`` decodes one sequence at a time. :class:`BatchEngine` drives
 llama.cpp's low-level batch API itself: one context whose KV cache holds up to ``slots``
-sequences (one sequence id each), and one scheduler thread that, at every step, puts into a
-single ``llama_batch`` the next token of every decoding sequence and as much of the waiting
-prompts as the batch holds (prefill batched too). A request joins as soon as a slot is free
-and leaves the moment it ends or is cancelled (its slot and KV cells freed at once), so
-short answers never wait for long ones.
+sequences (one sequence id and, by default, one KV stream each), and one scheduler thread
+that runs two kinds of step: a *decode step* puts the next token of every generating
+sequence into a single ``llama_batch``; a *prefill step* evaluates a chunk (up to ``batch``
+tokens) of the oldest waiting prompt. The two alternate while both have work, so answers
+keep streaming while new prompts are read. A request joins as soon as a slot is free and
+leaves the moment it ends or is cancelled (its slot and KV cells freed at once), so short
+answers never wait for long ones.
 
 Contracts:
 
 - **Same tokens as alone.** Each request samples with its own llama.cpp sampler chain
   (repeat penalty over its own generated tokens, then greedy, or top-k/top-p/temperature
-  with its seed), exactly the chain ``Llama.create_completion`` builds; llama.cpp computes
-  every row of a batch independently, so a request's greedy tokens are the same whether it
-  ran alone or beside others (tested on 20 prompts).
+  with its seed), exactly the chain ``Llama.create_completion`` builds. llama.cpp computes
+  every row of a batch independently, except that a one-row batch goes through other matrix
+  kernels (ggml's ``vec_dot``) than a multi-row one (tinyBLAS): one-token steps are padded
+  with a throwaway row, so a request's greedy tokens are the same whether it ran alone or
+  beside others (tested on 20 prompts).
 - **Adapters per step.** llama.cpp applies LoRA adapters per context, not per sequence: a
-  step decodes the sequences of one adapter (``None``: the base model); adapter groups take
+  step serves the sequences of one adapter (``None``: the base model); adapter groups take
   turns, so mixed traffic still shares steps within each group.
 - **Shared prefix.** Prompts that start with the same tokens (the system prompt and
   instructions of every RAG prompt) reuse the KV cells of that prefix instead of computing
-  them again (``prefix_cache``); cells are shared, not copied.
+  them again (``prefix_cache``; one cached prefix per adapter, since a LoRA changes them).
 - **Cancellation.** :meth:`Job.cancel` (or closing :meth:`Job.tokens`) ends the request
   before its next step; a request's failure (KV cache full) ends that request with an
   error, never the engine.
@@ -158,9 +162,10 @@ class _Prefix:
 class BatchEngine:
     """One llama.cpp model and context serving up to ``slots`` requests at once.
 
-    ``window`` is the longest sequence (prompt + answer) one request may have; the KV
-    cache holds ``slots * window`` cells, shared by all sequences (llama.cpp's unified
-    cache). ``batch`` is the most tokens one decode step evaluates.
+    ``window`` is the longest sequence (prompt + answer) one request may have; each sequence
+    id gets its own KV stream of ``window`` cells (``unified=True``: one pool of
+    ``slots * window`` cells shared by all, measured slower here). ``batch`` is the most
+    tokens one step evaluates. ``threads``: llama.cpp's CPU threads.
     """
 
     def __init__(

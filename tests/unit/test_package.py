@@ -52,3 +52,24 @@ def test_unknown_model_is_never_fetched_from_a_hub():
 
     with pytest.raises(errors.ModelNotAvailableError, match="never downloads"):
         resolve("sentence-transformers/all-mpnet-base-v2")
+
+
+def test_requires_python_covers_the_stdlib_modules_imported():
+    """``tomllib`` is 3.11+: if any source imports it, pyproject must not promise 3.10."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    bound = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)", bound.strip())
+    assert match, f"unexpected requires-python form: {bound!r}"
+    minimum = (int(match.group(1)), int(match.group(2)))
+    importers = [
+        path
+        for folder in ("layered", "pipelines")
+        for path in sorted((root / folder).rglob("*.py"))
+        if re.search(r"^\s*(import tomllib|from tomllib import)\b", path.read_text(encoding="utf-8"), re.M)
+    ]
+    assert importers, "the scan found no tomllib import; update this test if tomllib is no longer used"
+    assert minimum >= (3, 11), f"requires-python {bound!r} but tomllib (3.11+) is imported by {importers}"

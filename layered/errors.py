@@ -26,6 +26,14 @@ class EmptyCorpusError(InputError):
     """A corpus yielded no documents (or no text) to index."""
 
 
+class EmptyDatasetError(EmptyCorpusError):
+    """A training dataset (or a split of it) has no usable examples."""
+
+
+class MissingVariableError(InputError):
+    """A prompt template placeholder has no value."""
+
+
 class ContextOverflowError(InputError):
     """A prompt cannot fit the generator's context window."""
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from layered.errors import ConfigError, InputError, SourceNotFoundError
+from layered.errors import ConfigError, InputError, MissingVariableError, SourceNotFoundError
 from layered.prompts.fewshot import select_examples
 from layered.prompts.grounding import format_context
 from layered.prompts.reasoning import INSTRUCTION as REASONING_INSTRUCTION
@@ -24,10 +24,6 @@ from layered.types import Hit, Message, Prompt
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-class MissingVariableError(InputError):
-    """A template placeholder has no value."""
 
 
 def placeholders(template: str) -> list[str]:

@@ -21,16 +21,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from layered.errors import DocumentLoadError, EmptyCorpusError, InputError, SourceNotFoundError
+from layered.errors import DocumentLoadError, EmptyDatasetError, InputError, SourceNotFoundError
 from layered.tuning.dedup import near_duplicate_groups
 from layered.prompts.conversation import example_from_messages
 from layered.types import Example
 
 PAIRS = (("question", "answer"), ("instruction", "response"), ("prompt", "completion"), ("input", "output"))
-
-
-class EmptyDatasetError(EmptyCorpusError):
-    """A dataset (or a split of it) has no usable examples."""
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from layered.errors import ConfigError, ContextOverflowError, InputError
+from layered.errors import ConfigError, ContextOverflowError, EmptyDatasetError, InputError
 from layered.tuning.config import TuneConfig
-from layered.tuning.data import EmptyDatasetError, split
+from layered.tuning.data import split
 from layered.tuning.formatting import Features, format_example
 from layered.tuning.methods import count_parameters
 from layered.tuning.trainer import TrainReport, evaluate_loss, train, uses_bf16

@@ -21,6 +21,8 @@ def test_import_is_light():
         (errors.ConfigError, ValueError),
         (errors.InputError, ValueError),
         (errors.EmptyCorpusError, ValueError),
+        (errors.EmptyDatasetError, ValueError),
+        (errors.MissingVariableError, ValueError),
         (errors.SourceNotFoundError, FileNotFoundError),
         (errors.DocumentLoadError, ValueError),
         (errors.ModelNotAvailableError, ImportError),
@@ -73,3 +75,11 @@ def test_requires_python_covers_the_stdlib_modules_imported():
     ]
     assert importers, "the scan found no tomllib import; update this test if tomllib is no longer used"
     assert minimum >= (3, 11), f"requires-python {bound!r} but tomllib (3.11+) is imported by {importers}"
+
+
+def test_moved_errors_stay_importable_from_their_old_modules():
+    from layered.prompts.template import MissingVariableError
+    from layered.tuning.data import EmptyDatasetError
+
+    assert EmptyDatasetError is errors.EmptyDatasetError and issubclass(EmptyDatasetError, errors.EmptyCorpusError)
+    assert MissingVariableError is errors.MissingVariableError and issubclass(MissingVariableError, errors.InputError)

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from layered.errors import ContextOverflowError
+from layered.errors import ConfigError, ContextOverflowError
 from layered.generation.common import chat_messages
 from layered.prompts.injection import control_tokens, defuse_control_tokens
 from layered.types import Example, Hit, Message
@@ -68,7 +68,10 @@ def format_example(
     full = chat + [{"role": "assistant", "content": defuse_control_tokens(example.answer, control_tokens(tokenizer))}]
     full_ids = list(tokenizer.apply_chat_template(full, return_dict=True)["input_ids"])
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("the chat template renders the prompt differently with and without the answer; cannot mask labels")
+        raise ConfigError(
+            "the generator's chat template renders the prompt differently with and without the answer, "
+            "so the answer cannot be masked for training; use a generator whose chat template appends the answer"
+        )
     limit = generator.context_window
     if len(full_ids) > limit:
         raise ContextOverflowError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layered import Pipeline
-from layered.errors import ContextOverflowError
+from layered.errors import ConfigError, ContextOverflowError
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
@@ -45,3 +45,19 @@ def test_distractors_add_other_passages(pipe, docs):
 def test_an_example_longer_than_the_window_is_a_clear_error(pipe):
     with pytest.raises(ContextOverflowError, match="drop it in cleaning"):
         format_example(pipe, Example(question="Why?", answer="because " * 2000))
+
+
+def test_a_chat_template_that_rewrites_the_prompt_is_a_config_error(pipe, monkeypatch):
+    tok = pipe.generator.tokenizer
+    original = tok.apply_chat_template
+
+    def drifting(chat, *args, **kwargs):
+        out = original(chat, *args, **kwargs)
+        if not kwargs.get("add_generation_prompt"):  # the full chat starts with a different token
+            out["input_ids"] = [tok.eos_token_id, *list(out["input_ids"])[1:]]
+        return out
+
+    monkeypatch.setattr(tok, "apply_chat_template", drifting)
+    with pytest.raises(ConfigError, match="cannot be masked for training") as e:
+        format_example(pipe, Example(question="What are the symptoms?", answer="Fever."))
+    assert "\n" not in str(e.value)

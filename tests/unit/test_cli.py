@@ -5,15 +5,26 @@ import sys
 
 import pytest
 
+import layered
 from layered.cli import main
 
 
 def test_help_and_version(capsys):
-    for argv in (["--help"], ["index", "--help"], ["ask", "--help"], ["demo", "--help"], ["--version"]):
+    # each command's help names its usage line, words of its own description and its options
+    expected = {
+        ("--help",): ["usage: layered", "behind one Pipeline", "index", "ask", "tune", "serve", "--version"],
+        ("index", "--help"): ["usage: layered index", "chunk and embed PATH", "--out", "--chunk-size", "--hybrid"],
+        ("ask", "--help"): ["usage: layered ask", "Answer QUESTION with the pipeline saved in DIR", "--max-new-tokens", "--json"],
+        ("demo", "--help"): ["usage: layered demo", "answer sample questions with citations", "--rebuild", "medical,support"],
+        ("--version",): [f"layered {layered.__version__}"],
+    }
+    for argv, needles in expected.items():
         with pytest.raises(SystemExit) as e:
-            main(argv)
+            main(list(argv))
         assert e.value.code == 0
-    assert "layered" in capsys.readouterr().out
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
+        for needle in needles:
+            assert needle in out, f"{' '.join(argv)}: {needle!r} missing from {out!r}"
 
 
 def test_usage_errors_exit_2(capsys):

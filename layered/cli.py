@@ -156,21 +156,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _port(value: str) -> int:
+def _integer(value: str, what: str) -> int:
     try:
-        port = int(value)
+        return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+
+
+def _port(value: str) -> int:
+    port = _integer(value, "a port number")
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is out of range; use 1-65535 (0 picks a free one)")
     return port
 
 
 def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    n = _integer(value, "a whole number")
     if n < 1:
         raise argparse.ArgumentTypeError(f"{n} is not a positive number")
     return n

@@ -11,7 +11,10 @@ shipped adapter, llama.cpp backend) saved to a temporary folder and served by a 
 ``layered serve`` subprocess on a loopback port, twice: ``--parallel 1`` (one request at a
 time: the baseline, with the same shared-prefix cache) and ``--parallel 8`` (batched). At
 each concurrency C, client threads send streamed ``/v1/chat/completions`` requests
-(distinct MedQuAD questions, clinician audience, ``max_tokens`` 128) and the table reports
+(distinct MedQuAD questions, clinician audience, ``max_tokens`` 128) in two shapes: the
+issue's 128-token answers (servers started with ``--ignore-eos``, so every answer is exactly
+128 tokens, as vLLM's and llama-server's load tests fix the answer length) and the assistant
+as shipped (its adapter's short answers, stopping where the model stops). The table reports
 requests/s, p50/p95 latency, time to first streamed piece (the client's) and to first token
 (the server's), and the server's per-request split: queued, prefill, decode. Any 5xx fails.
 """
@@ -101,9 +104,9 @@ def questions() -> list[str]:
     return list(seen)
 
 
-def serve(folder: Path, parallel: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+def serve(folder: Path, parallel: int, max_queue: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "layered.cli", "-q", "serve", str(folder), "--port", "0", "--backend", "llamacpp",
-                             "--parallel", str(parallel), "--max-queue", str(max_queue)], stderr=subprocess.PIPE, text=True)
+                             "--parallel", str(parallel), "--max-queue", str(max_queue), *extra], stderr=subprocess.PIPE, text=True)
     while True:
         line = proc.stderr.readline()
         if not line:
@@ -174,24 +177,25 @@ def main() -> None:
     asks = questions()
     lines += prefix_cache_effect(pipe, asks[-8:])
     print("\n".join(lines[-6:]), flush=True)
-    # Two load shapes: 128-token answers (the base model writes until the budget; the issue's
-    # shape), and the assistant as shipped (its adapter answers in ~45 words, so prefill dominates).
-    shapes = [("128-token answers (adapter: base)", "layered:base", args.concurrency), ("as shipped (adapter: medical)", "layered", [8])]
+    # Two load shapes: 128-token answers (the issue's shape: servers run with --ignore-eos, so
+    # every answer is exactly --tokens long, as vLLM's and llama-server's load tests do), and the
+    # assistant as shipped (its adapter answers in ~45 words and stops, so prefill dominates).
+    shapes = [("128-token answers (adapter: base)", "layered:base", args.concurrency, ["--ignore-eos"]),
+              ("as shipped (adapter: medical)", "layered", [8], [])]
     rows = []
-    for label, parallel in (("one at a time", 1), ("batched", 8)):
-        proc, url = serve(folder, parallel, max_queue=64)
-        try:
-            offset = 0
-            for shape, model, concurrencies in shapes:
+    for shape, model, concurrencies, extra in shapes:
+        for label, parallel in (("one at a time", 1), ("batched", 8)):
+            proc, url = serve(folder, parallel, max_queue=64, extra=extra)
+            try:
                 for c in concurrencies:
                     n = max(8, c * args.rounds)
-                    r = load(url, c, asks[offset:offset + n], args.tokens, model)
-                    offset += n
+                    start = sum(max(8, d * args.rounds) for d in concurrencies[:concurrencies.index(c)])
+                    r = load(url, c, asks[start:start + n], args.tokens, model)
                     rows.append((shape, label, c, r))
                     print(shape, label, c, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
     table = ["## The medical assistant over HTTP (`layered serve`, streamed chat completions, up to 128 new tokens)", "",
              "Same questions for both servers (distinct at every concurrency). Latency and first piece are the client's; "
              "first token, queued, prefill and decode are the server's means per request (prefill: slot taken -> first token).", "",
@@ -204,7 +208,7 @@ def main() -> None:
                      f"| {r['prompt']:.0f} ({r['cached']:.0f}) | {r['tokens']:.0f} | {r['statuses']} |")
     by = {(shape, label, c): r for shape, label, c, r in rows}
     summary = []
-    for shape, _, concurrencies in shapes:
+    for shape, _, concurrencies, _ in shapes:
         for c in concurrencies:
             one, many = by[(shape, "one at a time", c)], by[(shape, "batched", c)]
             summary.append(f"- {shape}, concurrency {c}: batched {many['rps'] / one['rps']:.2f}x the requests/s, p95 {many['p95']:.1f} s "

@@ -102,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--cache-dir", help="with --pipeline medical/support: the bundled assistant's cached index (default: the demo's)")
     _add_trust_options(tune)
 
+    tr = sub.add_parser("tune-retriever", help="fine-tune a saved pipeline's embedder on query/document pairs",
+                        description="Fine-tune the embedder of the pipeline in --pipeline on DATA (a .jsonl of {query, doc_id, "
+                                    "group?} lines, or a BEIR folder whose qrels judge the indexed documents) with hard negatives "
+                                    "mined from its index, keep it only if it beats the base on held-out queries, re-embed the "
+                                    "index and save the pipeline atomically. The fit report (JSON) goes to stdout.")
+    tr.add_argument("data", help="pairs (.jsonl) or a BEIR folder (corpus ids must be the indexed document ids)")
+    tr.add_argument("--pipeline", required=True, help="saved pipeline folder (dense or hybrid retriever)")
+    tr.add_argument("--out", help="where to save the tuned pipeline (default: replace --pipeline atomically)")
+    tr.add_argument("--split", default="train", help="BEIR split to read (default train)")
+    tr.add_argument("--epochs", type=_positive, help="most epochs (default 3; early stopping on validation)")
+    tr.add_argument("--seed", type=int, default=0, help="seed for the split, negatives and training (default 0)")
+    tr.add_argument("--keep", choices=["better", "tuned"], default="better",
+                    help="better: keep the tuned embedder only if it wins on validation (default); tuned: keep it regardless")
+    _add_trust_options(tr)
+
     srv = sub.add_parser("serve", help="serve a saved pipeline over HTTP",
                          description="Serve the pipeline in DIR: POST /v1/chat/completions (OpenAI-compatible, streaming), "
                                      "POST /ask (answer + citations), GET /v1/models, GET /health. Stop with Ctrl-C.")
@@ -116,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503 (default 32)")
     srv.add_argument("--parallel", type=_positive, help="llama.cpp backend: requests decoded together (default 8; 1 answers one "
                                                         "at a time)")
+    srv.add_argument("--ignore-eos", action="store_true", help="llama.cpp backend: every answer runs to its max_tokens past "
+                                                                "end-of-generation (load tests of a fixed answer length)")
     srv.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     _add_trust_options(srv)
 
@@ -449,6 +466,27 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune_retriever(args: argparse.Namespace) -> int:
+    from layered.evaluation.retrieval import load_beir
+    from layered.retrieval.finetune import RetrieverTuneConfig, pairs_from_qrels, read_pairs
+
+    data = Path(args.data)
+    if data.is_dir():
+        beir = load_beir(data, split=args.split)
+        pairs = pairs_from_qrels(beir.queries, beir.qrels)
+    else:
+        pairs = read_pairs(data)
+    config = RetrieverTuneConfig(seed=args.seed, keep=args.keep, **({"epochs": args.epochs} if args.epochs else {}))
+    pipe = _load_pipeline(args.pipeline, args)
+    report = pipe.fit_retriever(pairs, config=config, progress=not args.quiet)
+    log.info("validation nDCG@10: base %.4f, tuned %.4f: keeping the %s embedder", report.val_ndcg_base, report.val_ndcg_tuned,
+             report.kept)
+    if report.kept == "tuned" or args.out:
+        log.info("saved the pipeline to %s", pipe.save(Path(args.out or args.pipeline)))
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
 BUNDLED = ("medical", "support")
 
 
@@ -471,6 +509,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if getattr(pipe.generator, "kind", None) != "llamacpp":
             raise layered.errors.ConfigError("--parallel sets the llama.cpp backend's batch; add --backend llamacpp")
         pipe.generator.parallel = args.parallel  # read when the model loads, below
+    if args.ignore_eos:
+        if getattr(pipe.generator, "kind", None) != "llamacpp":
+            raise layered.errors.ConfigError("--ignore-eos is a llama.cpp backend option; add --backend llamacpp")
+        pipe.generator.ignore_eos = True
     pipe.warm_up()
     options = ServeOptions(model_name=args.name, max_body_bytes=args.max_body, max_queue=args.max_queue,
                            user_header=args.user_header, groups_header=args.groups_header)
@@ -576,7 +618,8 @@ def _compare(args: argparse.Namespace, out: Path | None, runs: Path) -> int:
     return 0
 
 
-COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "tune": _cmd_tune, "serve": _cmd_serve, "demo": _cmd_demo,
+COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "tune": _cmd_tune, "tune-retriever": _cmd_tune_retriever,
+            "serve": _cmd_serve, "demo": _cmd_demo,
             "compare": _cmd_compare}
 
 

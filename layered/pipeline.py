@@ -392,6 +392,21 @@ class Pipeline:
 
         return fit_pipeline(self, train, val=val, config=config, **options)
 
+    def fit_retriever(self, pairs: Sequence[Any], **options: Any) -> Any:
+        """Fine-tune the retriever's embedder on ``pairs`` (:class:`layered.retrieval.finetune.Pair`:
+        a query and the id of an indexed document that answers it) and re-embed the index.
+
+        ``options`` go to :func:`layered.retrieval.finetune.fit_retriever` (``config``,
+        ``val_pairs``, ``out_dir``, ``progress``). The retriever is swapped only when the tuned
+        embedder beats the base on the validation pairs and the whole index is re-embedded;
+        :meth:`save` then stores the embedder with the index. Returns the
+        :class:`~layered.retrieval.finetune.RetrieverFitReport`.
+        """
+        from layered.retrieval.finetune import fit_retriever
+
+        report, self.retriever = fit_retriever(self.retriever, pairs, **options)
+        return report
+
     def evaluate(self, examples: Sequence[Any], *, adapter: str | None = None, progress: bool = False, **variables: Any) -> Any:
         """Answer every :class:`~layered.types.Example` as :meth:`ask` does and score the answers.
 

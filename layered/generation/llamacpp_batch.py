@@ -59,6 +59,9 @@ class Sampling:
     repeat_penalty: float = 1.1
     penalty_last_n: int = 64
     seed: int = 0
+    #: Never end at an end-of-generation token: always ``max_new_tokens`` (load tests; vLLM's
+    #: and llama-server's ``ignore_eos``).
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -208,6 +211,7 @@ class BatchEngine:
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(n_tokens=batch, embd=0, n_seq_max=1, verbose=False)
         self._vocab = self._model.vocab
+        self._eog: list[int] | None = None
         self.n_vocab = self._model.n_vocab()
         self._lora_scale = lora_scale
         self._loras: dict[str, Any] = {}
@@ -450,6 +454,8 @@ class BatchEngine:
         from llama_cpp import _internals
 
         sampler = _internals.LlamaSampler()
+        if s.ignore_eos:
+            sampler.add_logit_bias(self.n_vocab, {t: float("-inf") for t in self._eog_tokens()})
         sampler.add_penalties(self.n_vocab, s.penalty_last_n, s.repeat_penalty, 0.0, 0.0)
         if s.temperature <= 0:
             sampler.add_greedy()
@@ -461,6 +467,13 @@ class BatchEngine:
             sampler.add_temp(s.temperature)
             sampler.add_dist(s.seed)
         return sampler
+
+    def _eog_tokens(self) -> list[int]:
+        import llama_cpp
+
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+        return self._eog
 
     def _set_adapter(self, adapter: str | None) -> None:
         import llama_cpp

@@ -78,6 +78,7 @@ class LlamaCppGenerator:
         loop_ngram: int | None = 4,
         whole_sentences: bool = True,
         parallel: int = 8,
+        ignore_eos: bool = False,
     ) -> None:
         check_budget(max_new_tokens, context_window)
         if precision not in PRECISIONS:
@@ -112,6 +113,9 @@ class LlamaCppGenerator:
         self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
         #: Requests decoded together at most (KV cache slots); more wait for a free slot.
         self.parallel = parallel
+        #: Every answer runs to its ``max_new_tokens`` past end-of-generation tokens and loops
+        #: (for load tests of a fixed answer length, as llama-server's ``--ignore-eos``).
+        self.ignore_eos = ignore_eos
         self._engine: BatchEngine | None = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
@@ -207,7 +211,7 @@ class LlamaCppGenerator:
     def _sampling(self) -> Sampling:
         greedy = self.temperature <= 0
         return Sampling(temperature=0.0 if greedy else self.temperature, top_p=self.top_p, min_p=0.0,
-                        repeat_penalty=self.repetition_penalty, seed=self.seed)
+                        repeat_penalty=self.repetition_penalty, seed=self.seed, ignore_eos=self.ignore_eos)
 
     def _resolve(self, adapter: str | None) -> str | None:
         """The adapter a request asking for ``adapter`` gets (None: the base model)."""
@@ -234,7 +238,7 @@ class LlamaCppGenerator:
         (None: the default adapter; ``"base"``: none); ``max_new_tokens`` lowers this request's budget.
         Safe to call from many threads: concurrent calls share decode steps."""
         job = self.submit(prompt, adapter=adapter, max_new_tokens=max_new_tokens)
-        text = "".join(self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length"))
+        text = "".join(self._guard().stream(self._pieces(job), cut=lambda: job.finish_reason == "length"))
         finish: Literal["stop", "length"] = "length" if job.finish_reason == "length" else "stop"
         return Generation(text=text, prompt_tokens=job.stats.prompt_tokens, completion_tokens=job.stats.tokens, finish_reason=finish,
                           timing=job.stats.as_dict())
@@ -246,7 +250,13 @@ class LlamaCppGenerator:
         the engine's next step; its ``timing`` is the request's, complete once it is exhausted.
         """
         job = self.submit(prompt, adapter=adapter, max_new_tokens=max_new_tokens)
-        return TimedStream(self.guard.stream(self._pieces(job), cut=lambda: job.finish_reason == "length"), job)
+        return TimedStream(self._guard().stream(self._pieces(job), cut=lambda: job.finish_reason == "length"), job)
+
+    def _guard(self) -> DecodingGuard:
+        """The answer guard; with ``ignore_eos`` a loop does not stop the answer either."""
+        if self.ignore_eos and self.guard.ngram is not None:
+            return DecodingGuard(ngram=None, whole_sentences=self.guard.whole_sentences)
+        return self.guard
 
     def _pieces(self, job: Job) -> Iterator[str]:
         """The job's text, one piece per token (UTF-8 split across tokens held back until whole),

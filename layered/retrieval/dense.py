@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from layered.errors import EmptyCorpusError, InputError
+from layered.errors import ArtifactError, ConfigError, EmptyCorpusError, InputError
 from layered.protocols import Chunker, Embedder, Filters, VectorStore
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.filters import normalise_access
@@ -51,8 +51,12 @@ class DenseRetriever:
 
     kind = "dense"
 
-    def __init__(self, *, embedder: Embedder, store: VectorStore | None = None, chunker: Chunker | None = None) -> None:
+    def __init__(self, *, embedder: Embedder, store: VectorStore | None = None, chunker: Chunker | None = None,
+                 built_by: str | None = None) -> None:
+        """``built_by``: the fingerprint of the embedder that made ``store``'s vectors (default:
+        ``embedder``'s; a saved index records it and loading refuses another embedder)."""
         self.embedder = embedder
+        self.built_by = built_by
         self.store = store if store is not None else FaissStore(embedder.dim)
         if chunker is None:
             tok = getattr(embedder, "tokenizer", None)
@@ -118,6 +122,21 @@ class DenseRetriever:
         self.store.delete(c.id for c in chunks)
         return len({c.doc_id for c in chunks})
 
+    def reembedded(self, embedder: Embedder, *, progress: bool = False) -> "DenseRetriever":
+        """A new retriever over the same chunks (ids, text, metadata) with vectors from ``embedder``.
+
+        This one is left untouched, so a caller swaps retrievers only once the new index is
+        complete. Needs a store that can make an empty copy of itself (``empty_like``).
+        """
+        empty_like = getattr(self.store, "empty_like", None)
+        if empty_like is None:
+            raise ConfigError(f"a {type(self.store).__name__} cannot be re-embedded here (it has no empty_like()); re-index the corpus")
+        chunks = list(self.store.chunks())  # type: ignore[attr-defined]
+        store = empty_like(embedder.dim)
+        if chunks:
+            store.add(chunks, embed_in_batches(embedder, [c.text for c in chunks], progress=progress))
+        return DenseRetriever(embedder=embedder, store=store, chunker=self.chunker)
+
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; pass a non-empty question")
@@ -131,18 +150,32 @@ class DenseRetriever:
         embedder_cfg = getattr(self.embedder, "config", None)
         if not callable(chunker_cfg) or not callable(embedder_cfg):
             raise InputError("this retriever's chunker or embedder has no config(); it cannot be saved")
-        return {"kind": self.kind, "embedder": embedder_cfg(), "chunker": chunker_cfg(), "store": self.store.config()}  # type: ignore[attr-defined]
+        built_by = self.built_by or getattr(self.embedder, "fingerprint", None)
+        return {"kind": self.kind, "embedder": embedder_cfg(), "chunker": chunker_cfg(), "store": self.store.config(),  # type: ignore[attr-defined]
+                **({"embedder_sha256": built_by} if built_by else {})}
 
     def save(self, folder: Path) -> None:
         self.store.save(folder / "store")  # type: ignore[attr-defined]
+        save_embedder = getattr(self.embedder, "save", None)
+        if callable(save_embedder):
+            save_embedder(folder)
 
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "DenseRetriever":
         from layered import registry
 
-        embedder = registry.build("embedder", config["embedder"])
+        spec = config["embedder"]
+        if spec.get("owned"):  # fine-tuned with this pipeline: its files are in the folder
+            embedder = registry.lookup("embedder", spec["kind"]).from_config(spec, folder)
+        else:
+            embedder = registry.build("embedder", spec)
         chunker = registry.build_chunker(config["chunker"], embedder)
         store = registry.lookup("store", config["store"]["kind"]).load(folder / "store", config["store"])
         if embedder.dim != store.dim:
             raise InputError(f"the saved index holds {store.dim}-d vectors but the embedder makes {embedder.dim}-d ones")
-        return cls(embedder=embedder, store=store, chunker=chunker)
+        built_by = config.get("embedder_sha256")
+        now = getattr(embedder, "fingerprint", None)
+        if built_by and now and built_by != now:
+            raise ArtifactError(f"{folder}: the index was built by another embedder (weights sha256 {built_by[:12]}...) than the "
+                                f"one it names ({now[:12]}...); re-index, or restore the embedder that built it")
+        return cls(embedder=embedder, store=store, chunker=chunker, built_by=built_by)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
+from pathlib import Path
 from functools import cached_property
 from typing import Any, Mapping, Sequence
 
@@ -31,7 +33,10 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model read from a local folder, never from a hub.
 
     ``model`` is a packaged model name (``"all-MiniLM-L6-v2"``) or a local folder.
-    The model is loaded on first use (or :meth:`warm_up`), not at construction.
+    The model is loaded on first use (or :meth:`warm_up`), not at construction. An embedder
+    fine-tuned by :meth:`Pipeline.fit_retriever <layered.pipeline.Pipeline.fit_retriever>` is
+    ``owned``: a pipeline saves its files in its own folder (``embedder/``) and loads them from
+    there, so the folder is self-contained.
     """
 
     kind = "sentence-transformers"
@@ -44,6 +49,7 @@ class SentenceTransformerEmbedder:
         device: str | None = None,
         precision: str = "auto",
         max_seq_length: int | None = None,
+        owned: bool = False,
     ) -> None:
         """``max_seq_length`` caps the tokens read per text (None: the model's own, 256 for
         MiniLM). Encoding time grows with it: all-MiniLM-L6-v2 was trained on 128-token
@@ -55,6 +61,7 @@ class SentenceTransformerEmbedder:
             raise ConfigError(f"max_seq_length must be at least 8 tokens (or None), got {max_seq_length}")
         self.max_seq_length = max_seq_length
         self.model = model
+        self.owned = owned
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -71,7 +78,10 @@ class SentenceTransformerEmbedder:
         # Read from the pooling config so that indexing code can size a store without torch.
         pooling = self.path / "1_Pooling" / "config.json"
         if pooling.is_file():
-            return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+            config = json.loads(pooling.read_text())  # the key was renamed in sentence-transformers 6
+            dim = config.get("word_embedding_dimension", config.get("embedding_dimension"))
+            if dim is not None:
+                return int(dim)
         return int(self._model().get_sentence_embedding_dimension())
 
     def tokenizer(self) -> HFTokenizer:
@@ -137,14 +147,44 @@ class SentenceTransformerEmbedder:
             )
         return _normalise(vectors)
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the model's weights: which model made a vector (an index records it)."""
+        files = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
+        if not files:
+            raise ModelNotAvailableError(f"{self.path} holds no model weights (*.safetensors or *.bin)")
+        digest = hashlib.sha256()
+        for file in files:
+            with file.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
     def config(self) -> dict[str, Any]:
         version = models.PACKAGED[self.model].version() if self.model in models.PACKAGED else ""
-        return {"kind": self.kind, "model": self.model, "dim": self.dim, "package_version": version, "precision": self.precision,
-                "max_seq_length": self.max_seq_length}
+        return {"kind": self.kind, "model": OWNED_DIR if self.owned else self.model, "owned": self.owned, "dim": self.dim,
+                "package_version": version, "precision": self.precision, "max_seq_length": self.max_seq_length}
+
+    def save(self, folder: Path) -> None:
+        """Copy an owned (fine-tuned) model into ``folder/embedder``; a packaged or user model is
+        referenced by name or path instead."""
+        if self.owned:
+            shutil.copytree(self.path, folder / OWNED_DIR, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "SentenceTransformerEmbedder":
-        return cls(config["model"], precision=config.get("precision", "auto"), max_seq_length=config.get("max_seq_length"))
+    def from_config(cls, config: Mapping[str, Any], folder: Path | None = None) -> "SentenceTransformerEmbedder":
+        """``folder``: the saved pipeline, where an owned model's files live."""
+        model = config["model"]
+        if config.get("owned"):
+            if folder is None:
+                raise ConfigError("this embedder was fine-tuned and saved with a pipeline: load it with the pipeline's folder")
+            model = str(Path(folder) / OWNED_DIR)
+        return cls(model, precision=config.get("precision", "auto"), max_seq_length=config.get("max_seq_length"),
+                   owned=bool(config.get("owned")))
+
+
+#: Where a pipeline keeps the files of an embedder it fine-tuned.
+OWNED_DIR = "embedder"
 
 
 class HashingEmbedder:
@@ -168,6 +208,10 @@ class HashingEmbedder:
                 h = int.from_bytes(hashlib.blake2b(text[s:e].lower().encode(), digest_size=8).digest(), "little")
                 out[row, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
         return _normalise(out)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim}

@@ -76,6 +76,12 @@ class HybridRetriever:
     def delete_documents(self, doc_ids: Iterable[str]) -> int:
         return self.dense.delete_documents(doc_ids)
 
+    def reembedded(self, embedder: Any, *, progress: bool = False) -> "HybridRetriever":
+        """The same hybrid (weights, BM25 settings) over a re-embedded copy of the dense side."""
+        dense = self.dense.reembedded(embedder, progress=progress)
+        bm25 = BM25Retriever(dense.store, k1=self.bm25.k1, b=self.bm25.b, stem=self.bm25.stem)
+        return HybridRetriever(dense, weights=self.weights, rrf_k=self.rrf_k, candidates=self.candidates, bm25=bm25)
+
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:
         n = max(k, self.candidates)
         rankings = [self.dense.retrieve(query, k=n, filters=filters), self.bm25.retrieve(query, k=n, filters=filters)]

@@ -147,6 +147,21 @@ def test_a_request_that_does_not_fit_fails_alone_and_the_engine_goes_on(weights)
         engine.submit([1, 2, 3], max_new_tokens=1)
 
 
+def test_ignore_eos_runs_every_answer_to_its_budget_and_changes_nothing_before(weights):
+    engine = BatchEngine(weights, slots=2, window=256, threads=2)
+    try:
+        ids = _ids(_prompt("What is the capital of France? One word."))
+        ended = engine.submit(ids, max_new_tokens=64)
+        short = list(ended.tokens())
+        assert ended.finish_reason == "stop" and len(short) < 64
+        forced = engine.submit(ids, max_new_tokens=64, sampling=Sampling(ignore_eos=True))
+        long = list(forced.tokens())
+        assert forced.finish_reason == "length" and len(long) == 64
+        assert long[:len(short)] == short  # greedy: the same answer, then more past the end token
+    finally:
+        engine.close()
+
+
 def test_timings_split_prefill_from_decode(generator):
     job = generator.submit(_prompt("What is asthma?"))
     tokens = list(job.tokens())

@@ -69,6 +69,11 @@ class FaissStore:
         #: Bumped on every change, so indexes derived from the chunks (BM25) know to rebuild.
         self.version = 0
 
+    def empty_like(self, dim: int | None = None) -> "FaissStore":
+        """An empty store with this one's index settings (``dim``: another vector size)."""
+        return FaissStore(self.dim if dim is None else dim, index=self.index_type, hnsw_threshold=self.hnsw_threshold,
+                          hnsw_m=self.hnsw_m, ef_search=self.ef_search)
+
     def __len__(self) -> int:
         return len(self._chunks)
 

@@ -1,0 +1,151 @@
+"""Training the retriever: grouped folds without leakage, a fine-tuned embedder saved with the
+pipeline and loaded back, an index refused with another embedder, and an interrupted
+re-embedding that leaves the old index loadable.
+
+Real models throughout (the packaged all-MiniLM-L6-v2), real MedQuAD pages (the packaged sample).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layered import Pipeline, models
+from layered.errors import ArtifactError, InputError
+from layered.generation.transformers_generator import TransformersGenerator
+from layered.retrieval.dense import DenseRetriever
+from layered.retrieval.embedders import SentenceTransformerEmbedder
+from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
+                                        pairs_from_qrels)
+from layered.retrieval.hybrid import HybridRetriever
+from layered.types import Document
+from layered.pipelines import medical
+
+
+def test_queries_sharing_a_relevant_document_share_a_group_and_never_straddle_folds():
+    queries = {f"q{i}": f"question {i}" for i in range(40)}
+    # q0..q19 each judge their own document; q20..q39 chain through shared documents in pairs.
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(20)}
+    qrels.update({f"q{i}": {f"d{i}": 1, f"d{i + 1}": 1} for i in range(20, 40, 2)})
+    qrels.update({f"q{i}": {f"d{i}": 1} for i in range(21, 40, 2)})
+    qrels["q5"]["d6"] = 0  # a zero grade is not relevance
+    pairs = pairs_from_qrels(queries, qrels)
+    group = {p.query: p.group for p in pairs}
+    assert group["question 20"] == group["question 21"] != group["question 22"]
+    assert group["question 5"] != group["question 6"]
+    folds = grouped_folds(pairs, 5, seed=1)
+    tested = [p for _, test in folds for p in test]
+    assert sorted(tested, key=repr) == sorted(pairs, key=repr)  # every pair tested exactly once
+    for train, test in folds:
+        assert test and train
+        assert not {p.group for p in train} & {p.group for p in test}
+        assert not {p.query for p in train} & {p.query for p in test}
+
+
+def test_training_refuses_validation_groups_seen_in_training():
+    pairs = [Pair("what is gout?", "d1", "gout"), Pair("gout treatment?", "d2", "gout")]
+    with pytest.raises(InputError, match="both the training and validation"):
+        fine_tune_embedder(pairs[:1], val_pairs=pairs[1:], retriever=None, base_model="unused", out_dir="unused")
+
+
+def _sample(n_topics: int) -> tuple[list[Document], list[Pair]]:
+    rows = [json.loads(line) for line in medical.SAMPLE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    topics = sorted({r["focus"] for r in rows})[:n_topics]
+    rows = [r for r in rows if r["focus"] in topics]
+    docs = [Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows]
+    return docs, [Pair(r["question"], r["id"], r["focus"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _sample(40)
+
+
+def _pipeline(docs, embedder=None) -> Pipeline:
+    dense = DenseRetriever(embedder=embedder or SentenceTransformerEmbedder(max_seq_length=128))
+    pipe = Pipeline(generator=TransformersGenerator(), retriever=HybridRetriever(dense))  # the generator never loads here
+    pipe.add_documents(docs)
+    return pipe
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_embedder_is_saved_with_the_pipeline_and_loads_back_the_same(tmp_path, small):
+    docs, pairs = small
+    pipe = _pipeline(docs)
+    before = pipe.retriever
+    train, val = grouped_split(pairs, 0.25, seed=0)
+    report = pipe.fit_retriever(train, val_pairs=val, config=RetrieverTuneConfig(epochs=1, batch_size=16, keep="tuned"),
+                                out_dir=tmp_path / "model")
+    assert report.kept == "tuned" and report.triplets > 0 and report.epochs_run == 1
+    assert len(report.data_sha256) == 64 and report.val_ndcg_base > 0
+    tuned = pipe.retriever
+    assert tuned is not before and before.embedder.owned is False  # the old retriever was never modified
+    assert tuned.embedder.owned and len(tuned) == len(before)
+    assert sorted(c.id for c in tuned.store.chunks()) == sorted(c.id for c in before.store.chunks())
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert not list((tmp_path / "model").rglob("*.bin")) and not list((tmp_path / "model").rglob("*.pkl"))
+    question = val[0].query
+    old_vec, new_vec = before.embedder.embed([question])[0], tuned.embedder.embed([question])[0]
+    assert float(old_vec @ new_vec) < 0.99999  # the weights really changed
+
+    folder = pipe.save(tmp_path / "pipe")
+    shutil.rmtree(tmp_path / "model")  # the saved pipeline holds its own copy
+    assert (folder / "embedder" / "model.safetensors").is_file()
+    config = json.loads((folder / "pipeline.json").read_text())["retriever"]["dense"]
+    assert config["embedder"]["owned"] is True and config["embedder"]["model"] == "embedder"
+    assert config["embedder_sha256"] == tuned.embedder.fingerprint != before.embedder.fingerprint
+    loaded = Pipeline.load(folder)
+    assert np.allclose(loaded.retriever.embedder.embed([question]), tuned.embedder.embed([question]), atol=1e-5)
+    assert [h.chunk.id for h in loaded.retrieve(question, k=5)] == [h.chunk.id for h in pipe.retrieve(question, k=5)]
+
+
+@pytest.mark.slow
+def test_an_index_is_refused_with_an_embedder_other_than_the_one_that_built_it(tmp_path, small):
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "my-embedder"
+    shutil.copytree(models.resolve(models.DEFAULT_EMBEDDER.name), model_dir)
+    docs, _ = small
+    folder = _pipeline(docs[:20], SentenceTransformerEmbedder(str(model_dir), max_seq_length=128)).save(tmp_path / "pipe")
+    Pipeline.load(folder)  # the same weights: fine
+    weights = load_file(model_dir / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * 1.01  # another model at the same path (an upgrade, a retrain)
+    save_file(weights, model_dir / "model.safetensors")
+    with pytest.raises(ArtifactError, match="built by another embedder"):
+        Pipeline.load(folder)
+
+
+@pytest.mark.slow
+def test_kill_9_while_re_embedding_leaves_the_old_index_loadable(tmp_path):
+    docs, pairs = _sample(40)
+    pipe = _pipeline(docs)
+    chunks = len(pipe.retriever)
+    folder = pipe.save(tmp_path / "pipe")
+    old = json.loads((folder / "pipeline.json").read_text())
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"query": p.query, "doc_id": p.doc_id, "group": p.group}) + "\n" for p in pairs))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "layered.cli", "tune-retriever", str(data), "--pipeline", str(folder),
+                             "--epochs", "1", "--keep", "tuned"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env, cwd=Path(__file__).resolve().parents[2])
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "re-embedding" in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    loaded = Pipeline.load(folder)  # the manifest verifies: nothing half-written
+    assert json.loads((folder / "pipeline.json").read_text()) == old
+    assert loaded.retriever.embedder.owned is False and len(loaded.retriever) == chunks
+    assert loaded.retrieve(pairs[0].query, k=3)

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from layered.evaluation.retrieval import build_retrievers, evaluate_retriever, load_beir
 from layered.retrieval.embedders import SentenceTransformerEmbedder
-from layered.retrieval.finetune import Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, pairs_from_qrels
+from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
+                                        pairs_from_qrels, pairs_from_titles)
+from layered.retrieval.hybrid import HybridRetriever
 from layered.types import Document
 
 
@@ -56,14 +58,21 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", type=int, nargs="*", help="run only these folds (0-based)")
     ap.add_argument("--epochs", type=int, default=RetrieverTuneConfig.epochs)
+    ap.add_argument("--lr", type=float, default=RetrieverTuneConfig.learning_rate)
+    ap.add_argument("--titles", type=int, default=0, help="add this many (title -> document) pairs from the corpus alone")
+    ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     docs, queries, qrels, pairs = scifact(args.path) if args.dataset == "scifact" else medquad(args.topics)
     t = time.perf_counter()
-    base = build_retrievers(docs, progress=True)
+    base = build_retrievers(docs, embedder=SentenceTransformerEmbedder(**({"model": args.model} if args.model else {}), device=args.device), progress=True)
     print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
           f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
-    config = RetrieverTuneConfig(epochs=args.epochs, keep="tuned")
+    config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, keep="tuned")
+    titled = [Document(d.id, d.text, metadata={"title": d.text.split("\n\n")[0]}) for d in docs if "\n\n" in d.text]
+    extra = [Pair(p.query, p.doc_id, "title:" + p.doc_id) for p in pairs_from_titles(titled)][: args.titles]
+    weights = [(1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5), (1.0, 2.0)]
     by_query = {q: qid for qid, q in queries.items()}
     rows = []
     for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)):
@@ -74,21 +83,30 @@ def main() -> None:
         test_qrels = {qid: qrels[qid] for qid in test_ids}
         scores = {name: evaluate_retriever(r, test_queries, test_qrels) for name, r in base.items()}
         out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
-        report = fine_tune_embedder(train, retriever=base["hybrid"], base_model=base["dense"].embedder.path, out_dir=out,
-                                    config=config, progress=False)
-        tuned = base["hybrid"].reembedded(SentenceTransformerEmbedder(str(out)), progress=False)
+        fit, val = grouped_split(train, config.validation, seed=config.seed)
+        report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
+                                    out_dir=out, config=config, progress=False, device=args.device)
+        tuned = base["hybrid"].reembedded(SentenceTransformerEmbedder(str(out), device=args.device), progress=False)
         scores["tuned dense"] = evaluate_retriever(tuned.dense, test_queries, test_qrels)
         scores["tuned hybrid"] = evaluate_retriever(tuned, test_queries, test_qrels)
+        # Fusion weights (dense, bm25) chosen on the fold's validation queries only.
+        val_ids = sorted({by_query[p.query] for p in val})
+        val_queries, val_qrels = {q: queries[q] for q in val_ids}, {q: qrels[q] for q in val_ids}
+        best = max(weights, key=lambda w: evaluate_retriever(HybridRetriever(tuned.dense, weights=w, bm25=tuned.bm25), val_queries,
+                                                             val_qrels)["ndcg@10"])
+        scores["tuned hybrid, weighted"] = evaluate_retriever(HybridRetriever(tuned.dense, weights=best, bm25=tuned.bm25), test_queries,
+                                                              test_qrels)
         served = "tuned" if report.val_ndcg_tuned > report.val_ndcg_base else "base"
         scores["served hybrid"] = scores["tuned hybrid" if served == "tuned" else "hybrid"]
         rows.append((i, len(test_ids), report, served, scores))
-        print(f"fold {i}: {len(test_ids)} test queries; val nDCG {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} "
+        print(f"fold {i}: weights {best}; {len(test_ids)} test queries; val nDCG {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} "
               f"({report.epochs_run} epochs, {report.seconds:.0f}s); "
               + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()), flush=True)
     names = list(rows[0][4])
     lines = [f"# Retriever fine-tuning, {args.dataset}: {args.folds}-fold cross-validation by query group", "",
              f"{len(docs)} documents, {len(pairs)} (query, document) pairs in {len({p.group for p in pairs})} groups; "
-             f"`benchmarks/retriever_finetune.py` (its docstring says how). Recipe: {json.dumps(config.__dict__)}.", "",
+             f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}. "
+             f"Recipe: {json.dumps(config.__dict__)}; {len(extra)} title pairs added to every fold's training pairs.", "",
              "## nDCG@10 per held-out fold", "",
              "| fold | test queries | val nDCG@10 base -> tuned | epochs | served | " + " | ".join(names) + " |",
              "|---" * (5 + len(names)) + "|"]

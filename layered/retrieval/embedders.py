@@ -29,6 +29,24 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+#: ``auto``: bf16 autocast where the CPU has native bf16, else fp32; ``int8``: the linear layers
+#: dynamically quantised to int8 (weights int8, activations quantised per batch).
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
+
+def _quantized(model: Any) -> Any:
+    """``model`` with every ``nn.Linear`` replaced by torch's dynamic int8 version (CPU only)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated in favour of torchao
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model read from a local folder, never from a hub.
 
@@ -55,8 +73,8 @@ class SentenceTransformerEmbedder:
         MiniLM). Encoding time grows with it: all-MiniLM-L6-v2 was trained on 128-token
         inputs, and reading only a passage's first 128 tokens halves indexing time for
         200-token passages (see the medical assistant)."""
-        if precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         if max_seq_length is not None and max_seq_length < 8:
             raise ConfigError(f"max_seq_length must be at least 8 tokens (or None), got {max_seq_length}")
         self.max_seq_length = max_seq_length
@@ -109,6 +127,8 @@ class SentenceTransformerEmbedder:
                     self._st = SentenceTransformer(str(self.path), device=self.device or "cpu", local_files_only=True)
                     if self.max_seq_length is not None:
                         self._st.max_seq_length = self.max_seq_length
+                    if self.precision == "int8":
+                        self._st = _quantized(self._st)
                 except (OSError, ValueError, ImportError) as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ModelNotAvailableError(f"could not load the embedder from {self.path}: {first}") from e

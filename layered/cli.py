@@ -431,7 +431,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         options["max_steps"] = args.steps
     config = TuneConfig(**options)  # type: ignore[arg-type]
     if args.nproc > 1 and not launch.launched():  # start N copies of this command under torchrun
-        return launch.run(args.argv, nproc=args.nproc)
+        return launch.run_cli(args.argv, nproc=args.nproc)
     dp = launch.data_parallel()  # None in one process
     main_rank = dp is None or dp.is_main
     if not main_rank:

@@ -16,6 +16,7 @@ number of processes. Across nodes, the run folder must be on a filesystem they a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from layered.errors import ConfigError
 #: Size of one all-reduce of gradients (elements): large enough for few messages, small
 #: enough not to double the memory of full fine-tuning.
 BUCKET = 8 * 1024 * 1024
+#: The ``layered`` command line each rank of :func:`run_cli` runs (JSON list).
+ARGV_ENV = "LAYERED_TORCHRUN_ARGV"
 
 
 def launched() -> bool:
@@ -163,9 +166,15 @@ def torchrun_command(args: Sequence[str], *, nproc: int, module: str | None = "l
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *target, *args]
 
 
-def run(args: Sequence[str], *, nproc: int, module: str | None = "layered.cli", env: dict[str, str] | None = None) -> int:
-    """Run :func:`torchrun_command` and return its exit status (non-zero when any rank failed)."""
-    return subprocess.run(torchrun_command(args, nproc=nproc, module=module), env=env, check=False).returncode
+def run_cli(argv: Sequence[str], *, nproc: int) -> int:
+    """Run ``layered ARGV`` in ``nproc`` processes under torchrun; returns the exit status (non-zero when any rank failed).
+
+    The command line travels in an environment variable, not torchrun's own arguments:
+    torchrun's parser would take an option such as ``--nproc`` for an abbreviation of its
+    ``--nproc-per-node``.
+    """
+    env = {**os.environ, ARGV_ENV: json.dumps(list(argv))}
+    return subprocess.run(torchrun_command([], nproc=nproc, module=__name__), env=env, check=False).returncode
 
 
 def tune(
@@ -193,7 +202,13 @@ def tune(
         args += ["--run-dir", str(run_dir)]
     if resume:
         args.append("--resume")
-    status = run(args, nproc=nproc)
+    status = run_cli(args, nproc=nproc)
     if status != 0:
         raise LayeredError(f"data-parallel tuning in {nproc} processes failed (exit status {status}); see the ranks' errors above")
     return Path(out or pipeline)
+
+
+if __name__ == "__main__":  # one rank of run_cli
+    from layered.cli import main
+
+    sys.exit(main(json.loads(os.environ[ARGV_ENV])))

@@ -134,3 +134,26 @@ def test_kill_9_of_one_rank_then_resume_matches_an_uninterrupted_run(tmp_path, t
     assert resumed["val"] == pytest.approx(reference["val"], abs=TOLERANCE)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 9))  # no step lost or repeated
+
+
+@pytest.mark.slow
+def test_tune_with_nproc_2_saves_the_adapter_one_process_would(tiny_generator, tmp_path, capsys):
+    """``layered tune --nproc 2`` (through :func:`launch.tune`, the Python form): torchrun, rank 0 saves."""
+    from layered import Pipeline
+    from layered.cli import main
+
+    pairs = [{"question": f"What is the code for item {i}?", "answer": f"The code is X{i % 3}."} for i in range(30)]
+    Pipeline(generator=tiny_generator).save(tmp_path / "base")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    (tmp_path / "tune.toml").write_text('data = "pairs.jsonl"\nrank = 4\nmax_steps = 3\nbatch_size = 6\ndropout = 0.0\n'
+                                        'precision = "float32"\nlearning_rate = 0.01\n', encoding="utf-8")
+    assert main(["-q", "tune", str(tmp_path / "tune.toml"), "--pipeline", str(tmp_path / "base"), "--out", str(tmp_path / "one")]) == 0
+    out = launch.tune(tmp_path / "tune.toml", pipeline=tmp_path / "base", nproc=2, out=tmp_path / "two")
+    assert out == tmp_path / "two" and Pipeline.load(out).generator.adapters["default"]["rank"] == 4
+    adapter = ("generator", "adapters", "default.safetensors")
+    # Looser than TOLERANCE: on these chat prompts a few k_proj gradients are near Adam's eps
+    # (1e-8), where it turns summation-order noise into update noise (measured 3e-5 of weights
+    # up to 0.18, while the losses agree within 1e-6).
+    assert _max_diff(tmp_path.joinpath("one", *adapter), tmp_path.joinpath("two", *adapter)) < 1e-4
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / f"{n}.run" / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")]
+    assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], abs=TOLERANCE)

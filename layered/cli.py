@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--answer-field", help="column holding the answer")
     tune.add_argument("--redact", action="store_true", help="replace e-mails, phone numbers and long ids before training")
     tune.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run folder")
+    tune.add_argument("--nproc", type=_positive, default=1,
+                      help="data-parallel training in N processes on this machine, launched with torchrun (gloo on CPU, "
+                           "NCCL on GPUs); the global batch stays batch_size (default 1)")
     tune.add_argument("--cache-dir", help="with --pipeline medical/support: the bundled assistant's cached index (default: the demo's)")
     _add_trust_options(tune)
 
@@ -430,6 +433,7 @@ def _load_object(spec: str) -> Any:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from layered.tuning import launch
     from layered.tuning.config import TuneConfig
     from layered.tuning.data import data_report, redact
     from layered.tuning.fit import read_recipe, recipe_examples
@@ -443,21 +447,32 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.steps:
         options["max_steps"] = args.steps
     config = TuneConfig(**options)  # type: ignore[arg-type]
+    if args.nproc > 1 and not launch.launched():  # start N copies of this command under torchrun
+        return launch.run_cli(args.argv, nproc=args.nproc)
+    dp = launch.data_parallel()  # None in one process
+    main_rank = dp is None or dp.is_main
+    if not main_rank:
+        logging.getLogger("layered").setLevel(logging.WARNING)  # one rank reports
     examples = recipe_examples(data, question_field=args.question_field, answer_field=args.answer_field)
     if args.redact:
         examples, counts = redact(examples)
         log.info("redacted: %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
     log.info("%s", data_report(examples, title=str(data.name)))
-    if args.pipeline in BUNDLED:
-        if not args.out:
-            raise layered.errors.InputError(f"--pipeline {args.pipeline} (the bundled assistant) needs --out DIR for the tuned pipeline")
-        pipe = _bundled_base(args, args.pipeline)
-    else:
-        pipe = _load_pipeline(args.pipeline, args)
+    if args.pipeline in BUNDLED and not args.out:
+        raise layered.errors.InputError(f"--pipeline {args.pipeline} (the bundled assistant) needs --out DIR for the tuned pipeline")
+    if not main_rank:
+        dp.barrier()  # rank 0 loads first, building any shared cache (a bundled assistant's index) alone
+    pipe = _bundled_base(args, args.pipeline) if args.pipeline in BUNDLED else _load_pipeline(args.pipeline, args)
+    if dp is not None and main_rank:
+        dp.barrier()
     out = Path(args.out or args.pipeline)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
-    fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=args.resume, progress=not args.quiet and main_rank)
+    if not main_rank:  # rank 0 saves the tuned pipeline
+        launch.finish()
+        return 0
     path = pipe.save(out)
+    launch.finish()
     losses = ", ".join(f"step {s}: {v:.3f}" for s, v in fit.val_losses)
     log.info("validation loss per answer token: %s", losses)
     log.info("%d steps in %.0fs (%.0f tokens/s); metrics and loss curve in %s", fit.steps, fit.seconds, fit.tokens_per_second, run_dir)
@@ -625,6 +640,7 @@ COMMANDS = {"index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "tune": _cm
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the same command again (tune --nproc)
     _setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)

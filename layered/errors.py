@@ -64,3 +64,7 @@ class IntegrityError(ArtifactError):
 
 class RemoteError(LayeredError, ConnectionError):
     """A remote model endpoint failed: unreachable after retries, an error status, or a malformed reply."""
+
+
+class StoreUnavailableError(RemoteError):
+    """A vector store server (Milvus) stayed unreachable past the client's retries; nothing was half-written."""

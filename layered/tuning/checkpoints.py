@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from layered.artifacts import ArtifactError, atomic_write_json, read_json, save_folder_atomically, verify_manifest
 
@@ -33,8 +33,15 @@ def _optimizer_tensors(optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(root: Path, *, step: int, model: Any, optimizer: Any, scheduler: Any, loop: dict[str, Any], keep: int) -> Path:
-    """Write ``root/step-NNNNNN`` atomically, then delete all but the newest ``keep``."""
+def save_checkpoint(
+    root: Path, *, step: int, model: Any, optimizer: Any, scheduler: Any, loop: dict[str, Any], keep: int,
+    rng_states: Sequence[Any] | None = None,
+) -> Path:
+    """Write ``root/step-NNNNNN`` atomically, then delete all but the newest ``keep``.
+
+    ``rng_states``: every data-parallel rank's torch random state, in rank order (rank 0's
+    is this process's); each rank resumes with its own.
+    """
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -45,7 +52,8 @@ def save_checkpoint(root: Path, *, step: int, model: Any, optimizer: Any, schedu
         save_file(trainable_state(model), str(folder / "trainable.safetensors"))
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors or {"_empty": torch.zeros(1)}, str(folder / "optimizer.safetensors"))
-        save_file({"torch_rng": torch.get_rng_state()}, str(folder / "rng.safetensors"))
+        ranks = {f"torch_rng.{r}": state for r, state in enumerate(rng_states or []) if r > 0}
+        save_file({"torch_rng": torch.get_rng_state(), **ranks}, str(folder / "rng.safetensors"))
         np_state = np.random.get_state()
         atomic_write_json(folder / "state.json", {
             "step": step, "loop": loop, "optimizer": meta, "scheduler": scheduler.state_dict(),
@@ -71,8 +79,8 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return out
 
 
-def load_checkpoint(folder: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNGs from ``folder``; returns the loop state."""
+def load_checkpoint(folder: Path, *, model: Any, optimizer: Any, scheduler: Any, rank: int = 0) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNGs (``rank``'s torch state) from ``folder``; returns the loop state."""
     import numpy as np
     import torch
     from safetensors.torch import load_file
@@ -98,7 +106,10 @@ def load_checkpoint(folder: Path, *, model: Any, optimizer: Any, scheduler: Any)
         opt_state["state"].setdefault(int(idx), {})[slot] = value
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch_rng"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    if rank and f"torch_rng.{rank}" not in rng:
+        raise ArtifactError(f"{folder} holds no random state for rank {rank}; resume with the number of processes that wrote it")
+    torch.set_rng_state(rng[f"torch_rng.{rank}" if rank else "torch_rng"])
     py = state["python_rng"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy_rng"]

@@ -4,6 +4,10 @@ and a loss-curve PNG.
 
 Determinism: batch order depends only on ``(seed, epoch)``, and checkpoints carry the RNG
 states, so a run resumed from a checkpoint takes the same steps as one never interrupted.
+
+Under torchrun with several processes the loop is data-parallel (:mod:`layered.tuning.launch`):
+each rank runs its share of every batch, gradients are summed across ranks before the step,
+and rank 0 alone writes checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from layered.hardware import cpu_supports_bf16
 from layered.tuning.checkpoints import complete_checkpoints, load_checkpoint, save_checkpoint
 from layered.tuning.config import TuneConfig
 from layered.tuning.formatting import IGNORE, Features
+from layered.tuning.launch import data_parallel
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +105,14 @@ def _token_loss(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[Any, int
     import torch
     import torch.nn.functional as F
 
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch["labels"][:, 1:]
     options: dict[str, Any] = {}
     keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(-1)  # position p predicts token p + 1
     if _keeps_logits(model) and len(keep):
         options["logits_to_keep"], labels = keep, labels[:, keep]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options).logits
     if not options:
         logits = logits[:, :-1]
@@ -114,16 +121,20 @@ def _token_loss(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[Any, int
 
 
 def evaluate_loss(model: Any, features: Sequence[Features], *, pad_id: int, batch_size: int = 8, bf16: bool = False) -> float:
-    """Mean answer-token loss over ``features`` (no gradients)."""
+    """Mean answer-token loss over ``features`` (no gradients); data-parallel ranks each take a share of the batches."""
     import torch
 
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
+    dp = data_parallel()
+    starts = list(range(0, len(features), batch_size))
     with torch.no_grad():
-        for start in range(0, len(features), batch_size):
+        for start in starts if dp is None else dp.shard(starts):
             loss, n = _token_loss(model, _collate(features[start:start + batch_size], pad_id), bf16)
             total, tokens = total + float(loss), tokens + n
+    if dp is not None:
+        total, tokens = dp.sum([total, tokens])
     model.train(was_training)
     return total / max(tokens, 1)
 
@@ -193,6 +204,10 @@ def train(
         raise InputError("the training set is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    dp = data_parallel()  # None in a single process
+    main = dp is None or dp.is_main
+    if dp is not None and dp.device.type != "cpu":
+        model.to(dp.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     bf16 = uses_bf16(config)
@@ -214,10 +229,16 @@ def train(
     loop: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "metrics": [], "best_val": None, "bad_evals": 0, "tokens": 0}
     resumed_from = None
     ckpt_root = out / "checkpoints"
-    if resume and (found := complete_checkpoints(ckpt_root)):
-        loop = load_checkpoint(found[-1], model=model, optimizer=optimizer, scheduler=scheduler)
+    found = complete_checkpoints(ckpt_root) if resume and main else []
+    if dp is not None and resume:  # every rank resumes from the checkpoint rank 0 picked
+        newest = dp.broadcast(found[-1].name if found else None)
+        found = [ckpt_root / newest] if newest else []
+    if found:
+        loop = load_checkpoint(found[-1], model=model, optimizer=optimizer, scheduler=scheduler, rank=dp.rank if dp else 0)
         resumed_from = loop["step"]
         log.info("resuming from %s (step %d)", found[-1].name, loop["step"])
+    if dp is not None:
+        dp.broadcast_parameters(params)  # one starting point, whatever each rank initialised
     if config.recomputes_activations:
         _recompute_activations(model, True)
     model.train()
@@ -225,7 +246,7 @@ def train(
     tokens_this_run = 0
     stopped_early = False
     last_loss = loop["metrics"][-1]["loss"] if loop["metrics"] else float("nan")
-    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training ({config.method})", unit="step", disable=not progress)
+    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training ({config.method})", unit="step", disable=not (progress and main))
     last_step = total_steps if stop_after is None else min(total_steps, stop_after)
     while loop["step"] < last_step and not stopped_early:
         batches = bucketed_batches(lengths, config.batch_size, seed=config.seed, epoch=loop["epoch"])
@@ -235,10 +256,17 @@ def train(
             n_tokens = sum(f.answer_tokens for b in feats for f in b)
             optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0
-            for b in feats:
+            # Each rank: its rows of every batch, scaled by the tokens of the whole group, so the
+            # gradients summed over ranks are the one-process gradient.
+            for b in feats if dp is None else [[train_set[i] for i in dp.shard(b)] for b in group]:
+                if not b:  # a last batch with fewer rows than ranks
+                    continue
                 loss_sum, _ = _token_loss(model, _collate(b, pad_id), bf16)
                 (loss_sum / max(n_tokens, 1)).backward()
                 total_loss += float(loss_sum.detach())
+            if dp is not None:
+                dp.sum_gradients(params)
+                total_loss = dp.sum([total_loss])[0]
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -259,8 +287,10 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}")
             if loop["step"] % config.checkpoint_every == 0 or loop["step"] == total_steps or stopped_early:
-                save_checkpoint(ckpt_root, step=loop["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                                loop=loop, keep=config.keep_checkpoints)
+                rng = dp.gather_rng() if dp is not None else None
+                if main:
+                    save_checkpoint(ckpt_root, step=loop["step"], model=model, optimizer=optimizer, scheduler=scheduler,
+                                    loop=loop, keep=config.keep_checkpoints, rng_states=rng)
             if stopped_early:
                 break
         if loop["batch"] >= len(batches):
@@ -269,8 +299,9 @@ def train(
     if config.recomputes_activations:
         _recompute_activations(model, False)
     seconds = time.perf_counter() - started
-    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["metrics"]).encode())
-    _plot(loop["metrics"], out / "loss.png")
+    if main:
+        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["metrics"]).encode())
+        _plot(loop["metrics"], out / "loss.png")
     vals = [(m["step"], m["val_loss"]) for m in loop["metrics"] if "val_loss" in m]
     return TrainReport(
         steps=loop["step"], train_loss=last_loss, val_losses=vals, best_val_loss=loop["best_val"], stopped_early=stopped_early,

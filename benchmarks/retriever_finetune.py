@@ -38,16 +38,18 @@ def scifact(path: str) -> tuple[list[Document], dict[str, str], dict[str, dict[s
 
 
 def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict[str, int]], list[Pair]]:
-    from layered.pipelines import medical
-
-    with gzip.open(medical.KB_PATH, "rt", encoding="utf-8") as f:
+    kb = Path(__file__).resolve().parents[1] / "pipelines" / "data" / "medquad.jsonl.gz"  # layered.pipelines.medical.KB_PATH
+    with gzip.open(kb, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     chosen = sorted({r["focus"] for r in rows})[::max(1, len({r["focus"] for r in rows}) // topics)][:topics]
     rows = [r for r in rows if r["focus"] in set(chosen)]
-    docs = [Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows]
+    first: dict[str, str] = {}  # pages with the same answer text are one indexed document
+    for r in rows:
+        first.setdefault(r["answer"], r["id"])
+    docs = [Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows if first[r["answer"]] == r["id"]]
     queries = {r["id"]: r["question"] for r in rows}
-    qrels = {r["id"]: {r["id"]: 1} for r in rows}
-    return docs, queries, qrels, [Pair(r["question"], r["id"], r["focus"]) for r in rows]
+    qrels = {r["id"]: {first[r["answer"]]: 1} for r in rows}
+    return docs, queries, qrels, [Pair(r["question"], first[r["answer"]], r["focus"]) for r in rows]
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ Retrievers return chunks; a document's rank is the rank of its best chunk.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Mapping, Sequence
 
 from layered.errors import DocumentLoadError, InputError, SourceNotFoundError
 from layered.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from layered.jsonl import records
 from layered.protocols import Retriever
 from layered.retrieval.loaders import FileLoader
 from layered.types import Document
@@ -50,13 +50,10 @@ def load_beir(folder: str | Path, *, split: str | None = None) -> BeirData:
     qrels_path = _find(folder, [f"qrels{s}.tsv", f"qrels/{split or 'test'}.tsv", "qrels/*.tsv"], "qrels")
     corpus = list(FileLoader(text_fields=("title", "text"), id_field="_id").load(corpus_path))
     queries = {}
-    for n, line in enumerate(queries_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                q = json.loads(line)
-                queries[str(q["_id"])] = str(q["text"])
-            except (json.JSONDecodeError, KeyError) as e:
-                raise DocumentLoadError(f"{queries_path}:{n}: expected a JSON object with _id and text ({e})") from None
+    for n, q in records(queries_path.read_text(encoding="utf-8").splitlines(), str(queries_path)):
+        if "_id" not in q or "text" not in q:
+            raise DocumentLoadError(f"{queries_path}:{n}: expected a JSON object with _id and text")
+        queries[str(q["_id"])] = str(q["text"])
     qrels: dict[str, dict[str, int]] = {}
     with open(qrels_path, encoding="utf-8", newline="") as f:
         rows = csv.reader(f, delimiter="\t")

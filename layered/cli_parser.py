@@ -15,6 +15,7 @@ from layered.errors import InputError
 
 # What add_subparsers() returns; argparse names its type only privately (generic in typeshed only).
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+BACKENDS = ("transformers", "llamacpp")  # the local generator backends a saved pipeline can switch between
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def _ask(sub: Commands) -> None:
     ask.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the pipeline's)")
     ask.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a prompt variable; repeatable")
     ask.add_argument("--adapter", help="answer with this adapter ('base': none; default: the router's or the default adapter)")
-    ask.add_argument("--backend", choices=["transformers", "llamacpp"], help="generator backend (default: as saved)")
+    ask.add_argument("--backend", choices=BACKENDS, help="generator backend (default: as saved)")
     _add_trust_options(ask)
     out = ask.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the answer as JSON")
@@ -112,7 +113,7 @@ def _serve(sub: Commands) -> None:
     srv.add_argument("dir", help="saved pipeline folder")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
-    srv.add_argument("--backend", choices=["transformers", "llamacpp"],
+    srv.add_argument("--backend", choices=BACKENDS,
                      help="generator backend (default: as saved); llamacpp runs the same weights and the exported LoRA ~4x faster on CPU")
     srv.add_argument("--name", default="layered", help="model id reported by /v1/models (default layered)")
     srv.add_argument("--user-header", help="header carrying the user id; when set, retrieval honours document access lists")
@@ -143,7 +144,7 @@ def _compare(sub: Commands) -> None:
                                    "loss.png) under OUT/runs; without it the runs are removed")
     cmp.add_argument("--cache-dir", help="bundled tasks: the cached pipeline's folder, as for demo (default: the demo's)")
     cmp.add_argument("--retrain", action="store_true", help="bundled tasks: train a new adapter (--steps) instead of the shipped one")
-    cmp.add_argument("--backend", choices=["llamacpp", "transformers"],
+    cmp.add_argument("--backend", choices=BACKENDS,
                      help="generator backend for answering (default: llamacpp for the bundled tasks, else as saved; "
                           "training always uses transformers)")
     cmp.add_argument("--audience", help="prompt audience variable for every question (e.g. patient)")
@@ -159,7 +160,7 @@ def _demo(sub: Commands) -> None:
     demo.add_argument("--question", action="append", dest="questions", metavar="Q", help="ask this instead of the sample questions; repeatable")
     demo.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: by audience, 80 for a patient)")
     demo.add_argument("--audience", choices=["patient", "clinician"], default="patient", help="medical: who the answers are for (default patient)")
-    demo.add_argument("--backend", choices=["llamacpp", "transformers"], default="llamacpp",
+    demo.add_argument("--backend", choices=BACKENDS, default="llamacpp",
                       help="generator backend (default llamacpp: same weights and adapters, ~4x faster on CPU)")
 
 

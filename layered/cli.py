@@ -95,9 +95,7 @@ def _print_answer(answer: layered.Answer) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from layered.artifacts import MANIFEST, recover_interrupted_swap
     from layered.pipeline import Pipeline
-    from layered.retrieval.loaders import load_documents
-
-    from layered.retrieval.loaders import LoadLimits
+    from layered.retrieval.loaders import LoadLimits, load_documents
 
     t = time.perf_counter()
     _check_out(args.out)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from layered import Pipeline
-from layered.evaluation.answers import rouge_l, token_f1
+from layered.evaluation.metrics import rouge_l, token_f1
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.config import ALL_LINEAR, TuneConfig

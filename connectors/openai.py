@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 from layered.errors import ConfigError, RemoteError
+from layered.generation.common import AnswerBudget
 from layered.types import Generation, Prompt
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay)
-        wait = min(self.base_delay * 2 ** attempt, self.max_delay)
-        return wait * (1 + self.jitter * (rng or random).random())
+        wait = min(self.base_delay * 2.0**attempt, self.max_delay)
+        draw = rng.random() if rng is not None else random.random()
+        return wait * (1 + self.jitter * draw)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -68,6 +70,7 @@ class OpenAIGenerator:
     """Chat completions from an OpenAI-compatible server; the Generator role over HTTP."""
 
     kind = "openai"
+    max_new_tokens = AnswerBudget(window=None)  # validated on every assignment (the server knows its window)
 
     def __init__(
         self,
@@ -87,8 +90,6 @@ class OpenAIGenerator:
 
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env

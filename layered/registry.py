@@ -9,9 +9,10 @@ at import. Users add their own with :func:`register` (passing objects directly t
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Mapping
 
-from layered.errors import ConfigError
+from layered.errors import ConfigError, SourceNotFoundError
 
 _TABLE: dict[str, dict[str, str]] = {
     "embedder": {
@@ -61,6 +62,33 @@ def lookup(role: str, kind: str) -> Any:
         raise ConfigError(f"unknown {role} kind {kind!r} (known: {known}); register it with layered.registry.register") from None
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def load_object(spec: str) -> Any:
+    """A user's object named by ``path/to/file.py:NAME`` or ``package.module:NAME`` (a one-line
+    :class:`ConfigError` or :class:`SourceNotFoundError` when it cannot be found)."""
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ConfigError(f"{spec!r}: expected FILE.py:NAME or module:NAME")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise SourceNotFoundError(f"{path}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"{path}: cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ConfigError(f"cannot import {where!r}: {e}") from None
+    if not hasattr(module, name):
+        raise ConfigError(f"{where} has no {name!r}")
+    return getattr(module, name)
 
 
 def build(role: str, config: Mapping[str, Any]) -> Any:

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from layered.errors import ConfigError, InputError
-from layered.evaluation.answers import rouge_l, token_f1
-from layered.evaluation.retrieval import mrr_at_k
+from layered.evaluation.metrics import mrr_at_k, rouge_l, token_f1
 from layered.generation.adapters import BASE
 from layered.generation.guards import degenerate
 from layered.types import Answer, Example
@@ -233,7 +232,7 @@ def bar_chart(results: Sequence[StrategyResult], path: str | Path, *, title: str
     from layered.artifacts import atomic_path
 
     names = [r.strategy for r in results]
-    quality = {"token F1": [r.token_f1 for r in results], "ROUGE-L": [r.rouge_l for r in results],
+    quality: dict[str, list[float | None]] = {"token F1": [r.token_f1 for r in results], "ROUGE-L": [r.rouge_l for r in results],
                "citation precision": [r.citation_precision for r in results], "grounded": [r.grounded for r in results]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     x, width = np.arange(len(names)), 0.2

@@ -8,38 +8,20 @@ Retrievers return chunks; a document's rank is the rank of its best chunk.
 from __future__ import annotations
 
 import csv
-import json
-import math
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from layered.errors import DocumentLoadError, InputError, SourceNotFoundError
+from layered.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from layered.jsonl import records
 from layered.protocols import Retriever
 from layered.retrieval.loaders import FileLoader
 from layered.types import Document
 
 Qrels = Mapping[str, Mapping[str, int]]
-
-
-def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
-    rel = {d for d, r in relevant.items() if r > 0}
-    return len(rel & set(ranked[:k])) / len(rel) if rel else 0.0
-
-
-def mrr_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
-    for i, d in enumerate(ranked[:k], start=1):
-        if relevant.get(d, 0) > 0:
-            return 1.0 / i
-    return 0.0
-
-
-def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
-    """nDCG with linear gains (rel / log2(rank + 1)), as in BEIR's pytrec_eval setup."""
-    dcg = sum(relevant.get(d, 0) / math.log2(i + 1) for i, d in enumerate(ranked[:k], start=1))
-    ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
-    idcg = sum(r / math.log2(i + 1) for i, r in enumerate(ideal, start=1))
-    return dcg / idcg if idcg else 0.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,13 +50,10 @@ def load_beir(folder: str | Path, *, split: str | None = None) -> BeirData:
     qrels_path = _find(folder, [f"qrels{s}.tsv", f"qrels/{split or 'test'}.tsv", "qrels/*.tsv"], "qrels")
     corpus = list(FileLoader(text_fields=("title", "text"), id_field="_id").load(corpus_path))
     queries = {}
-    for n, line in enumerate(queries_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                q = json.loads(line)
-                queries[str(q["_id"])] = str(q["text"])
-            except (json.JSONDecodeError, KeyError) as e:
-                raise DocumentLoadError(f"{queries_path}:{n}: expected a JSON object with _id and text ({e})") from None
+    for n, q in records(queries_path.read_text(encoding="utf-8").splitlines(), str(queries_path)):
+        if "_id" not in q or "text" not in q:
+            raise DocumentLoadError(f"{queries_path}:{n}: expected a JSON object with _id and text")
+        queries[str(q["_id"])] = str(q["text"])
     qrels: dict[str, dict[str, int]] = {}
     with open(qrels_path, encoding="utf-8", newline="") as f:
         rows = csv.reader(f, delimiter="\t")
@@ -118,6 +97,30 @@ def markdown_table(results: Mapping[str, Mapping[str, float]]) -> str:
     for name, row in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in metrics) + " |")
     return "\n".join(lines)
+
+
+def run_beir(
+    data: str | Path, *, split: str | None = None, k: int = 10, retriever: str = "all", custom: str | None = None,
+    max_queries: int | None = None, progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """The ``layered eval retrieval`` workflow: ``{retriever name: metrics}`` on the BEIR folder ``data``.
+
+    ``retriever`` picks one of :func:`build_retrievers` (``"all"``: each); ``custom``
+    (``FILE.py:NAME`` or ``module:NAME``) names a callable that takes the corpus documents and
+    returns a retriever, evaluated instead. ``max_queries`` keeps the first N judged queries.
+    """
+    from layered.registry import load_object
+
+    beir = load_beir(data, split=split)
+    qrels = dict(list(beir.qrels.items())[:max_queries]) if max_queries else beir.qrels
+    log.info("%d documents, %d judged queries", len(beir.corpus), len(qrels))
+    if custom:
+        retrievers = {custom.rpartition(":")[2]: load_object(custom)(beir.corpus)}
+        names = list(retrievers)
+    else:
+        retrievers = build_retrievers(beir.corpus, progress=progress)
+        names = list(retrievers) if retriever == "all" else [retriever]
+    return {name: evaluate_retriever(retrievers[name], beir.queries, qrels, k=k) for name in names}
 
 
 def build_retrievers(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from layered import models
 from layered.errors import ConfigError, ContextOverflowError
@@ -17,6 +17,39 @@ def check_budget(max_new_tokens: int, context_window: int) -> None:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if context_window <= max_new_tokens:
         raise ConfigError(f"context_window ({context_window}) must exceed max_new_tokens ({max_new_tokens})")
+
+
+class AnswerBudget:
+    """``max_new_tokens`` as a validated attribute: every assignment, in ``__init__`` or later
+    (the CLI's ``--max-new-tokens``), is checked against the owner's ``context_window`` when it
+    has one (set that first), so a budget that cannot fit the window fails at once, in one line.
+    """
+
+    def __init__(self, *, window: str | None = "context_window") -> None:
+        self.window = window
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> AnswerBudget: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> int: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> AnswerBudget | int:
+        if obj is None:
+            return self
+        value: int = obj.__dict__[self.slot]
+        return value
+
+    def __set__(self, obj: object, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"max_new_tokens must be a whole number of tokens, got {value!r}")
+        if self.window is None:
+            if value < 1:
+                raise ConfigError(f"max_new_tokens must be at least 1, got {value}")
+        else:
+            check_budget(value, getattr(obj, self.window))
+        obj.__dict__[self.slot] = value
 
 
 def check_fits(n_prompt: int, window: int, max_new_tokens: int) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 from layered import models
 from layered.artifacts import sha256_file
 from layered.errors import ConfigError, ModelNotAvailableError
-from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
+from layered.generation.common import AnswerBudget, chat_messages, check_budget, check_fits, check_saveable
 from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
 from layered.generation.llamacpp_batch import BatchEngine, Job, Sampling
@@ -56,6 +56,7 @@ class LlamaCppGenerator:
     """
 
     kind = "llamacpp"
+    max_new_tokens = AnswerBudget()  # validated against context_window on every assignment
 
     def __init__(
         self,
@@ -94,8 +95,8 @@ class LlamaCppGenerator:
         if default_adapter is not None and default_adapter not in named:
             raise ConfigError(f"default_adapter {default_adapter!r} is not one of the adapters ({', '.join(named) or 'none'})")
         self.model_name = model
-        self.max_new_tokens = max_new_tokens
         self.context_window = context_window
+        self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
         self.repetition_penalty = repetition_penalty

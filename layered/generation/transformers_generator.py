@@ -15,7 +15,7 @@ from typing import Any, Iterator, Literal, Mapping
 
 from layered import models
 from layered.errors import ConfigError, ModelNotAvailableError
-from layered.generation.common import chat_messages, check_budget, check_fits, check_saveable
+from layered.generation.common import AnswerBudget, chat_messages, check_budget, check_fits, check_saveable
 from layered.generation.guards import DecodingGuard
 from layered.types import Generation, Prompt
 
@@ -32,6 +32,7 @@ class TransformersGenerator:
     """
 
     kind = "transformers"
+    max_new_tokens = AnswerBudget()  # validated against context_window on every assignment
 
     def __init__(
         self,
@@ -49,8 +50,8 @@ class TransformersGenerator:
     ) -> None:
         check_budget(max_new_tokens, context_window)
         self.model_name = model
-        self.max_new_tokens = max_new_tokens
         self.context_window = context_window
+        self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.repetition_penalty = repetition_penalty
         self.device = device
@@ -361,8 +362,8 @@ class TransformersGenerator:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TransformersGenerator":
-        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed", "loop_ngram", "whole_sentences")
-                   if k in config}
+        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed",
+                                          "loop_ngram", "whole_sentences") if k in config}
         return cls(config["model"], **options)
 
     @classmethod

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Sequence
 
 from layered.errors import DocumentLoadError, SourceNotFoundError
+from layered.jsonl import parse_record
 from layered.retrieval.formats import html_text, markdown_metadata, pdf_pages
 from layered.types import Document
 
@@ -192,17 +192,8 @@ class FileLoader:
         name = _printable(str(path))
         for lineno, raw in self._lines(path):
             line = self._decode(raw, path, f":{lineno}")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DocumentLoadError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
-            except RecursionError:
-                raise DocumentLoadError(f"{name}:{lineno}: invalid JSON (nested too deeply)") from None
-            if not isinstance(record, dict):
-                raise DocumentLoadError(f"{name}:{lineno}: expected a JSON object per line")
-            yield self._record(record, f"{name}:{lineno}", f"{rel}:{lineno}")
+            if line.strip():
+                yield self._record(parse_record(line, f"{name}:{lineno}"), f"{name}:{lineno}", f"{rel}:{lineno}")
 
     def _csv(self, path: Path, rel: str) -> Iterator[Document]:
         name, limit = _printable(str(path)), self.limits.max_document_bytes

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from layered.errors import DocumentLoadError, EmptyDatasetError, InputError, SourceNotFoundError
+from layered.jsonl import records
 from layered.tuning.dedup import near_duplicate_groups
 from layered.prompts.conversation import example_from_messages
 from layered.types import Example
@@ -41,14 +41,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     else:
         text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".jsonl" or gzipped:
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DocumentLoadError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        return rows
+        return [row for _, row in records(text.splitlines(), str(path))]
     if path.suffix.lower() == ".csv":
         return list(csv.DictReader(text.splitlines(keepends=True)))
     raise DocumentLoadError(f"{path}: training data must be .jsonl, .jsonl.gz or .csv")

@@ -67,3 +67,10 @@ def test_entry_point_exit_code():
 def test_bad_prompt_variables_are_one_line_errors(capsys, tmp_path):
     assert "NAME=VALUE" in _one_line_error(capsys, ["-q", "ask", str(tmp_path), "q", "--var", "novalue"])
     assert "not a prompt variable" in _one_line_error(capsys, ["-q", "ask", str(tmp_path), "q", "--var", "k=3"])
+
+
+def test_max_new_tokens_is_checked_by_the_generator(capsys, tmp_path, tiny_generator):
+    # The saved generator's window is 1024 tokens: a budget that fills it is refused before any answer.
+    layered.Pipeline(generator=tiny_generator).save(tmp_path / "p")
+    assert "must exceed max_new_tokens (1024)" in _one_line_error(capsys, ["-q", "ask", str(tmp_path / "p"), "q", "--max-new-tokens", "1024"])
+    assert "at least 1, got 0" in _one_line_error(capsys, ["-q", "ask", str(tmp_path / "p"), "q", "--max-new-tokens", "0"])

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import layered
+from layered.adapters import METHODS
 from layered.errors import LayeredError
 
 log = logging.getLogger("layered")
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                            "(with a shipped recipe, e.g. pipelines/data/adapters/medical/recipe.toml, this retrains its adapter)")
     tune.add_argument("--out", help="where to save the tuned pipeline (default: replace --pipeline atomically)")
     tune.add_argument("--run-dir", help="checkpoints, metrics.jsonl and loss.png (default: OUT.run)")
-    tune.add_argument("--method", choices=["lora", "ia3", "prefix", "bottleneck", "selective", "full"], help="tuning method (default lora)")
+    tune.add_argument("--method", choices=METHODS, help="tuning method (default lora)")
     tune.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
     tune.add_argument("--question-field", help="column holding the question")
     tune.add_argument("--answer-field", help="column holding the answer")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import layered
 from layered import registry
+from layered.adapters import DEFAULT
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
 from layered.errors import ArtifactError, ConfigError, InputError
 from layered.outbound import Trust, checked_slots
@@ -378,19 +379,21 @@ class Pipeline:
 
     # -- tuning ------------------------------------------------------------------------------
 
-    def fit(self, train: Sequence[Any], *, val: Sequence[Any] | None = None, config: Any = None, **options: Any) -> Any:
+    def fit(
+        self, train: Sequence[Any], *, val: Sequence[Any] | None = None, config: Any = None, name: str = DEFAULT, **options: Any,
+    ) -> Any:
         """Fine-tune the generator on ``train`` examples formatted exactly as :meth:`ask` serves them.
 
         ``config`` is a :class:`layered.tuning.config.TuneConfig` (LoRA by default);
         ``options`` go to :func:`layered.tuning.fit.fit_pipeline` (``out_dir``, ``resume``,
         ``distractors``, ``progress``, ``check_forgetting``). The pipeline answers with the
-        adapter (named ``"default"``) afterwards and :meth:`save` stores it. Returns the
-        training report (``val_losses[0]`` is before training; ``forgetting`` holds the
-        general-text perplexity of the base and the tuned model).
+        adapter (named ``name``, ``"default"`` unless given) afterwards and :meth:`save` stores
+        it. Returns the training report (``val_losses[0]`` is before training; ``forgetting``
+        holds the general-text perplexity of the base and the tuned model).
         """
         from layered.tuning.fit import fit_pipeline
 
-        return fit_pipeline(self, train, val=val, config=config, **options)
+        return fit_pipeline(self, train, val=val, config=config, name=name, **options)
 
     def evaluate(self, examples: Sequence[Any], *, adapter: str | None = None, progress: bool = False, **variables: Any) -> Any:
         """Answer every :class:`~layered.types.Example` as :meth:`ask` does and score the answers.

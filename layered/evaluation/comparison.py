@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from layered.errors import ConfigError, InputError
 from layered.evaluation.answers import rouge_l, token_f1
 from layered.evaluation.retrieval import mrr_at_k
-from layered.generation.adapters import BASE
+from layered.adapters import BASE
 from layered.generation.guards import degenerate
 from layered.types import Answer, Example
 

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from layered.adapters.names import DEFAULT, check_name
 from layered.errors import ConfigError, ContextOverflowError, EmptyDatasetError, InputError
 from layered.tuning.config import TuneConfig
 from layered.tuning.data import split
 from layered.tuning.formatting import Features, format_example
-from layered.tuning.methods import count_parameters
+from layered.adapters.methods import count_parameters
 from layered.tuning.trainer import TrainReport, evaluate_loss, train, uses_bf16
 from layered.prompts.conversation import example_from_messages
 from layered.types import Example
@@ -54,8 +55,9 @@ def fit_pipeline(
     progress: bool = True,
     check_forgetting: bool = True,
     stop_after: int | None = None,
+    name: str = DEFAULT,
 ) -> TrainReport:
-    """Format, check, attach the method's adapter and train; see :meth:`layered.Pipeline.fit`.
+    """Format, check, attach the method's adapter (as ``name``) and train; see :meth:`layered.Pipeline.fit`.
 
     Every input problem (no examples, an empty validation split, an example longer than the
     window) is raised before the model is touched. Without ``val``, 10% of the training
@@ -64,6 +66,7 @@ def fit_pipeline(
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
     """
     config = config or TuneConfig()
+    check_name(name)
     train_examples = [_as_example(e) for e in train_examples]
     val = None if val is None else [_as_example(e) for e in val]
     generator = pipeline.generator
@@ -89,7 +92,7 @@ def fit_pipeline(
         from layered.evaluation.perplexity import general_text, perplexity
 
         base_ppl = perplexity(generator.model, tokenizer, general_text())
-    model = generator.attach_adapter(config)
+    model = generator.attach_adapter(config, name)
     trainable, total = count_parameters(model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", config.method, trainable, total, 100 * trainable / total)
     before = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size, bf16=uses_bf16(config))

@@ -127,11 +127,15 @@ def recipe() -> dict[str, Any]:
             "batch_size": 4, "max_steps": 30, "eval_every": 15, "checkpoint_every": 30, "seed": 0}
 
 
+#: The name the shipped policy adapter is trained and served under (the router's pick for policy questions).
+ADAPTER = "policy"
+
+
 def with_adapter(pipe: Pipeline) -> Pipeline:
     """``pipe`` (transformers, no adapter) with the shipped ``policy`` adapter; the router picks it per question."""
     from layered.pipelines.shipped import ShippedAdapter
 
-    ShippedAdapter.named("support").install(pipe.generator, "policy", default=False)
+    ShippedAdapter.named("support").install(pipe.generator, ADAPTER, default=False)
     return pipe
 
 

@@ -14,12 +14,13 @@ from layered.tuning.formatting import Features, format_example
 from layered.adapters.methods import count_parameters
 from layered.tuning.trainer import TrainReport, evaluate_loss, train, uses_bf16
 from layered.prompts.conversation import example_from_messages
+from layered.protocols import TrainablePipeline, Tunable, missing, provides
 from layered.types import Example
 
 log = logging.getLogger(__name__)
 
 
-def _features(pipeline: Any, examples: Sequence[Example], *, distractors: int, what: str) -> list[Features]:
+def _features(pipeline: TrainablePipeline, examples: Sequence[Example], *, distractors: int, what: str) -> list[Features]:
     out, too_long = [], []
     for ex in examples:
         try:
@@ -44,7 +45,7 @@ def _as_example(item: Any) -> Example:
 
 
 def fit_pipeline(
-    pipeline: Any,
+    pipeline: TrainablePipeline,
     train_examples: Sequence[Example],
     *,
     val: Sequence[Example] | None = None,
@@ -70,8 +71,9 @@ def fit_pipeline(
     train_examples = [_as_example(e) for e in train_examples]
     val = None if val is None else [_as_example(e) for e in val]
     generator = pipeline.generator
-    if not hasattr(generator, "attach_adapter"):
-        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned; use the transformers generator")
+    if not provides(generator, Tunable):
+        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned (it has no {missing(generator, Tunable)[0]}); "
+                          "use the transformers generator")
     if generator.adapters:
         raise ConfigError("this generator already carries an adapter; load the base pipeline to train another")
     if not train_examples:

@@ -5,6 +5,11 @@ A pipeline has three named slots, each a plain object satisfying a role protocol
 object with ``retrieve(query, *, k, filters)``) and ``generator``; plus an optional
 ``router`` that picks the generator's adapter per question. Heavy models load on first use
 or :meth:`Pipeline.warm_up`, never at construction.
+
+A part is checked when it is put into its slot (constructor or attribute assignment): its
+role's protocol, with one :class:`~layered.errors.ConfigError` line naming a missing method,
+and the optional capabilities of :mod:`layered.protocols` (a token budget, named adapters,
+indexing, warm-up, persistence), recorded then and never probed per call.
 """
 
 from __future__ import annotations

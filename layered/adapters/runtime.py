@@ -26,9 +26,19 @@ def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
+def _check_container_name(name: str) -> None:
+    """PEFT keeps each adapter's layers in torch ``ModuleDict``s keyed by the adapter's name, and
+    a key that is one of their attributes (``items``, ``keys``, ``train``...) fails deep inside torch."""
+    import torch
+
+    if hasattr(torch.nn.ModuleDict(), name):
+        raise ConfigError(f"adapter name {name!r} is an attribute of torch's module containers, where PEFT keeps adapters; choose another")
+
+
 def check_can_add(name: str, method: str, existing: Mapping[str, Mapping[str, Any]]) -> None:
     """Refuse a second adapter unless every adapter, old and new, is LoRA, and a reused name."""
     check_name(name)
+    _check_container_name(name)
     if name in existing:
         raise ConfigError(f"an adapter named {name!r} is already installed")
     methods = {str(c.get("method")) for c in existing.values()} | {method}

@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from layered.adapters.names import DEFAULT, check_name
+from layered.adapters import runtime
+from layered.adapters.names import DEFAULT
 from layered.errors import ConfigError, ContextOverflowError, EmptyDatasetError, InputError
 from layered.tuning.config import TuneConfig
 from layered.tuning.data import split
@@ -67,7 +68,7 @@ def fit_pipeline(
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
     """
     config = config or TuneConfig()
-    check_name(name)
+    runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
     train_examples = [_as_example(e) for e in train_examples]
     val = None if val is None else [_as_example(e) for e in val]
     generator = pipeline.generator

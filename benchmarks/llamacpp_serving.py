@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from layered import Pipeline
-from layered.generation.adapters import serving
+from layered.adapters.runtime import serving
 from layered.generation.llamacpp_batch import Sampling
 from layered.generation.llamacpp_generator import PRECISIONS, LlamaCppGenerator
 from layered.generation.transformers_generator import TransformersGenerator

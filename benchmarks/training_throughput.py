@@ -22,7 +22,7 @@ from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.config import TuneConfig
 from layered.tuning.data import load_examples
 from layered.tuning.formatting import IGNORE, format_example
-from layered.tuning.methods import apply_method
+from layered.adapters.methods import apply_method
 from layered.tuning.trainer import evaluate_loss, train
 
 DATA = "examples/data/bitext_support_sample.csv"

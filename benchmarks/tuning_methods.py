@@ -25,7 +25,7 @@ from layered.generation.transformers_generator import TransformersGenerator
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.config import ALL_LINEAR, TuneConfig
 from layered.tuning.data import clean, load_examples, split
-from layered.tuning.methods import count_parameters
+from layered.adapters.methods import count_parameters
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "bitext_support_sample.csv"
 PROMPT = ChatPromptTemplate(system="You are a friendly customer-support agent for an online shop.", abstain=False)

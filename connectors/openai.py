@@ -71,6 +71,9 @@ class OpenAIGenerator:
 
     kind = "openai"
     max_new_tokens = AnswerBudget(window=None)  # validated on every assignment (the server knows its window)
+    #: Requests may name an adapter (``"<model>:<adapter>"``, as ``layered serve`` names them),
+    #: but the server holds them: none is listed or chosen here (None: the server's default).
+    default_adapter: str | None = None
 
     def __init__(
         self,
@@ -104,6 +107,11 @@ class OpenAIGenerator:
         self._client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=16, max_keepalive_connections=4))
         #: (attempts, seconds waited) of the most recent request, for logs and tests.
         self.last_attempts, self.last_wait = 0, 0.0
+
+    @property
+    def adapters(self) -> dict[str, dict[str, Any]]:
+        """No adapters are known here (the server's are reached by name); see ``default_adapter``."""
+        return {}
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r})"

@@ -11,6 +11,7 @@ import argparse
 from typing import Any, Sequence, TypeAlias
 
 import layered
+from layered.adapters import METHODS
 from layered.errors import InputError
 
 # What add_subparsers() returns; argparse names its type only privately (generic in typeshed only).
@@ -97,7 +98,7 @@ def _tune(sub: Commands) -> None:
                            "(with a shipped recipe, e.g. pipelines/data/adapters/medical/recipe.toml, this retrains its adapter)")
     tune.add_argument("--out", help="where to save the tuned pipeline (default: replace --pipeline atomically)")
     tune.add_argument("--run-dir", help="checkpoints, metrics.jsonl and loss.png (default: OUT.run)")
-    tune.add_argument("--method", choices=["lora", "ia3", "prefix", "bottleneck", "selective", "full"], help="tuning method (default lora)")
+    tune.add_argument("--method", choices=METHODS, help="tuning method (default lora)")
     tune.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
     tune.add_argument("--question-field", help="column holding the question")
     tune.add_argument("--answer-field", help="column holding the answer")

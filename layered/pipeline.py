@@ -5,19 +5,24 @@ A pipeline has three named slots, each a plain object satisfying a role protocol
 object with ``retrieve(query, *, k, filters)``) and ``generator``; plus an optional
 ``router`` that picks the generator's adapter per question. Heavy models load on first use
 or :meth:`Pipeline.warm_up`, never at construction.
+
+A part is checked when it is put into its slot (constructor or attribute assignment): its
+role's protocol, with one :class:`~layered.errors.ConfigError` line naming a missing method,
+and the optional capabilities of :mod:`layered.protocols` (a token budget, named adapters,
+indexing, warm-up, persistence), recorded then and never probed per call.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import layered
 from layered import registry
+from layered.adapters import DEFAULT
 from layered.artifacts import read_json, save_folder_atomically, atomic_write_json, verify_manifest
 from layered.errors import ArtifactError, ConfigError, InputError
 from layered.outbound import Trust, checked_slots
@@ -30,7 +35,10 @@ from layered.prompts.grounding import (
 from layered.prompts.injection import injection_suspects
 from layered.prompts.reasoning import split_reasoning, stream_answer_only
 from layered.prompts.template import ChatPromptTemplate
-from layered.protocols import Filters, Generator, PromptTemplate, Retriever, Router
+from layered.protocols import (
+    AdapterHost, AdapterInstaller, Deletable, Embedded, Filters, Generator, Indexable, LoadsFiles, Persistable, PromptTemplate,
+    Reasoning, Retriever, Router, SavesFiles, Timed, TokenBudgeted, WarmUp, accepts_keywords, provides, require,
+)
 from layered.retrieval.filters import User, matches, with_access
 from layered.types import Answer, Citation, Document, Generation, Hit, Message, PieceStream, Prompt
 
@@ -84,14 +92,8 @@ class Pipeline:
             raise ConfigError(f"history_query must be one of {', '.join(QUERY_METHODS)}, not {history_query!r}")
         if grounding not in GROUNDING:
             raise ConfigError(f"grounding must be one of {', '.join(GROUNDING)}, not {grounding!r}")
-        if not isinstance(generator, Generator):
-            raise ConfigError(f"generator must have generate(prompt) and stream(prompt); got {type(generator).__name__}")
-        if retriever is not None and not isinstance(retriever, Retriever):
-            raise ConfigError(f"retriever must have retrieve(query, *, k, filters); got {type(retriever).__name__}")
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        if router is not None and not isinstance(router, Router):
-            raise ConfigError(f"router must have route(question); got {type(router).__name__}")
         self.router = router
         self.min_score, self.refusal, self.grounding = min_score, refusal, grounding
         self.history_query = history_query
@@ -100,6 +102,53 @@ class Pipeline:
         self.prompt = prompt if prompt is not None else ChatPromptTemplate()
         self.k = k
         self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # -- slots: each part is checked, and its capabilities recorded, when it is put in -------
+
+    @property
+    def generator(self) -> Generator:
+        return self._generator
+
+    @generator.setter
+    def generator(self, part: Generator) -> None:
+        require("generator", part, Generator)
+        self._generator = part
+        self._budgeted = provides(part, TokenBudgeted)
+        self._adapter_host = provides(part, AdapterHost)
+
+    @property
+    def retriever(self) -> Retriever | None:
+        return self._retriever
+
+    @retriever.setter
+    def retriever(self, part: Retriever | None) -> None:
+        if part is not None:
+            require("retriever", part, Retriever)
+        self._retriever = part
+        self._embedded = provides(part, Embedded)
+
+    @property
+    def prompt(self) -> PromptTemplate:
+        return self._prompt
+
+    @prompt.setter
+    def prompt(self, part: PromptTemplate) -> None:
+        require("prompt", part, PromptTemplate)
+        self._prompt = part
+        #: What render() takes beyond the question and context: the few-shot selector's
+        #: vector space and the number of shots the budget leaves.
+        self._render_keywords = accepts_keywords(part.render, ("embedder", "shots"))
+        self._reasons = provides(part, Reasoning)
+
+    @property
+    def router(self) -> Router | None:
+        return self._router
+
+    @router.setter
+    def router(self, part: Router | None) -> None:
+        if part is not None:
+            require("router", part, Router)
+        self._router = part
 
     # -- construction ------------------------------------------------------------------------
 
@@ -146,24 +195,22 @@ class Pipeline:
 
     def warm_up(self) -> "Pipeline":
         """Load every model now (otherwise they load on first use)."""
-        for part in (self.generator, getattr(self.retriever, "embedder", None)):
-            if hasattr(part, "warm_up"):
-                part.warm_up()
+        for part in (self.generator, self.retriever.embedder if self._embedded else None):  # type: ignore[union-attr]
+            if provides(part, WarmUp):
+                cast(WarmUp, part).warm_up()
         return self
 
     def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> Any:
         """Index new or changed documents (unchanged ones are skipped); returns the retriever's report."""
-        add = getattr(self.retriever, "add_documents", None)
-        if add is None:
+        if not provides(self.retriever, Indexable):
             raise ConfigError("this pipeline's retriever cannot index documents (it has no add_documents)")
-        return add(docs, progress=progress)
+        return self.retriever.add_documents(docs, progress=progress)  # type: ignore[union-attr]
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (all their chunks) from the index; returns how many were there."""
-        delete = getattr(self.retriever, "delete_documents", None)
-        if delete is None:
+        if not provides(self.retriever, Deletable):
             raise ConfigError("this pipeline's retriever cannot delete documents (it has no delete_documents)")
-        return int(delete(doc_ids))
+        return int(self.retriever.delete_documents(doc_ids))  # type: ignore[union-attr]
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -226,10 +273,9 @@ class Pipeline:
 
     def _render(self, question: str, hits: list[Hit], variables: dict[str, Any], shots: int | None) -> Prompt:
         extra: dict[str, Any] = {}
-        params = inspect.signature(self.prompt.render).parameters
-        if "embedder" in params:  # few-shot selection in the retriever's vector space
-            extra["embedder"] = getattr(self.retriever, "embedder", None)
-        if "shots" in params:
+        if "embedder" in self._render_keywords:  # few-shot selection in the retriever's vector space
+            extra["embedder"] = self.retriever.embedder if self._embedded else None  # type: ignore[union-attr]
+        if "shots" in self._render_keywords:
             extra["shots"] = shots
         return self.prompt.render(question=question, context=hits, **extra, **variables)
 
@@ -241,10 +287,10 @@ class Pipeline:
         """Render ``question`` after the earlier turns ``history`` with ``hits`` (best first), dropping
         old turns, passages and few-shot examples to fit the budget, in the order
         :func:`layered.prompts.conversation.pack` documents. Without history: as :meth:`pack_prompt`."""
-        budget_of = getattr(self.generator, "prompt_budget", None)
-        count = getattr(self.generator, "count_tokens", None)
+        budgeted = self.generator if self._budgeted else None
         return pack(lambda kept, shots: self._render(question, kept, variables, shots), history=history, hits=hits,
-                    budget=None if budget_of is None or count is None else int(budget_of), count=count)
+                    budget=None if budgeted is None else int(budgeted.prompt_budget),  # type: ignore[attr-defined]
+                    count=None if budgeted is None else budgeted.count_tokens)  # type: ignore[attr-defined]
 
     def route(self, question: str, adapter: str | None = None) -> str | None:
         """The adapter a request gets: the one it names, else the router's pick, else None (the default)."""
@@ -256,7 +302,7 @@ class Pipeline:
         name = self.route(question, adapter)
         if name is None:
             return {}
-        if "adapter" not in inspect.signature(self.generator.generate).parameters:
+        if not self._adapter_host:
             raise ConfigError(f"adapter {name!r} was asked for, but the {type(self.generator).__name__} generator serves no adapters")
         return {"adapter": name}
 
@@ -298,8 +344,8 @@ class Pipeline:
             return Answer(text=self.refusal, metadata={"refused": True, "adapter": None})
         generation = self.generator.generate(prompt, **chosen, **_length(prompt, max_new_tokens))
         answer = _answer(
-            query, prompt, generation, reasoning=bool(getattr(self.prompt, "reasoning", False)),
-            adapter=chosen.get("adapter", getattr(self.generator, "default_adapter", None)), grounding=self.grounding,
+            query, prompt, generation, reasoning=self._reasons and bool(self.prompt.reasoning),  # type: ignore[attr-defined]
+            adapter=chosen.get("adapter", self._default_adapter()), grounding=self.grounding,
         )
         if len(turns) > 1 and query != split_turns(turns)[1]:
             answer = dataclasses.replace(answer, metadata={**answer.metadata, "query": query})
@@ -358,19 +404,23 @@ class Pipeline:
                 return
             out = self.generator.stream(prompt, **chosen, **_length(prompt, max_new_tokens))
             text: list[str] = []
-            for piece in stream_answer_only(out) if getattr(self.prompt, "reasoning", False) else out:
+            for piece in stream_answer_only(out) if self._reasons and self.prompt.reasoning else out:  # type: ignore[attr-defined]
                 text.append(piece)
                 yield piece
-            done = _answer(query, prompt, Generation(text="".join(text)), adapter=chosen.get("adapter", getattr(
-                self.generator, "default_adapter", None)), grounding="off" if self.grounding == "off" else "mark")
+            done = _answer(query, prompt, Generation(text="".join(text)), adapter=chosen.get("adapter", self._default_adapter()),
+                           grounding="off" if self.grounding == "off" else "mark")
             result.citations = done.citations
             metadata.update(done.metadata)
-            timing = getattr(out, "timing", None)  # generators that measure their requests
+            timing = cast(Timed, out).timing if provides(out, Timed) else None  # generators that measure their requests
             if timing:
                 metadata["timing"] = dict(timing)
 
         result._pieces = pieces()
         return result
+
+    def _default_adapter(self) -> str | None:
+        """The adapter answering requests that name none (None: no adapters, or the base model)."""
+        return self.generator.default_adapter if self._adapter_host else None  # type: ignore[attr-defined]
 
     def _refuses(self, prompt: Prompt) -> bool:
         """No passage cleared ``min_score``: answer with the refusal instead of guessing."""
@@ -378,19 +428,21 @@ class Pipeline:
 
     # -- tuning ------------------------------------------------------------------------------
 
-    def fit(self, train: Sequence[Any], *, val: Sequence[Any] | None = None, config: Any = None, **options: Any) -> Any:
+    def fit(
+        self, train: Sequence[Any], *, val: Sequence[Any] | None = None, config: Any = None, name: str = DEFAULT, **options: Any,
+    ) -> Any:
         """Fine-tune the generator on ``train`` examples formatted exactly as :meth:`ask` serves them.
 
         ``config`` is a :class:`layered.tuning.config.TuneConfig` (LoRA by default);
         ``options`` go to :func:`layered.tuning.fit.fit_pipeline` (``out_dir``, ``resume``,
         ``distractors``, ``progress``, ``check_forgetting``). The pipeline answers with the
-        adapter (named ``"default"``) afterwards and :meth:`save` stores it. Returns the
-        training report (``val_losses[0]`` is before training; ``forgetting`` holds the
-        general-text perplexity of the base and the tuned model).
+        adapter (named ``name``, ``"default"`` unless given) afterwards and :meth:`save` stores
+        it. Returns the training report (``val_losses[0]`` is before training; ``forgetting``
+        holds the general-text perplexity of the base and the tuned model).
         """
         from layered.tuning.fit import fit_pipeline
 
-        return fit_pipeline(self, train, val=val, config=config, **options)
+        return fit_pipeline(self, train, val=val, config=config, name=name, **options)
 
     def fit_retriever(self, pairs: Sequence[Any], **options: Any) -> Any:
         """Fine-tune the retriever's embedder on ``pairs`` (:class:`layered.retrieval.finetune.Pair`:
@@ -432,16 +484,16 @@ class Pipeline:
         source = Path(source)
         verify_manifest(source)
         theirs = read_json(source / CONFIG_FILE).get("generator") or {}
-        ours = getattr(self.generator, "model_name", None)
-        if not hasattr(self.generator, "add_adapter"):
+        if not provides(self.generator, AdapterInstaller):
             raise ConfigError(f"the {type(self.generator).__name__} generator serves no adapters")
+        ours = self.generator.model_name  # type: ignore[attr-defined]
         if theirs.get("model") != ours:
             raise ConfigError(f"{source} was tuned on {theirs.get('model')!r}, but this pipeline serves {ours!r}")
         saved = theirs.get("adapters") or {}
         if len(saved) != 1:
             raise ConfigError(f"{source} holds {len(saved)} adapters; add_adapter takes a pipeline tuned with exactly one")
         (theirs_name, config), = saved.items()
-        self.generator.add_adapter(name, config, adapter_file(source, theirs_name), default=default)
+        self.generator.add_adapter(name, config, adapter_file(source, theirs_name), default=default)  # type: ignore[attr-defined]
 
     def serve_with(self, backend: str, **options: Any) -> "Pipeline":
         """This pipeline (same prompt, retriever, k and router) answering with another generator backend.
@@ -452,14 +504,10 @@ class Pipeline:
         here, the same greedy answers; ``options`` go to ``LlamaCppGenerator.from_generator``).
         Asking for the backend the pipeline already has returns the pipeline itself.
         """
-        current = getattr(self.generator, "kind", type(self.generator).__name__)
-        if backend == current:
-            return self
-        if (current, backend) != ("transformers", "llamacpp"):
-            raise ConfigError(f"cannot switch a {current} generator to {backend!r} (known: transformers -> llamacpp)")
-        from layered.generation.llamacpp_generator import LlamaCppGenerator
+        from layered.generation.backends import switch
 
-        return self.replace(generator=LlamaCppGenerator.from_generator(self.generator, **options))
+        generator = switch(self.generator, backend, **options)
+        return self if generator is self.generator else self.replace(generator=generator)
 
     def replace(self, **changes: Any) -> "Pipeline":
         """A new pipeline sharing this one's parts and settings except ``changes`` (constructor names)."""
@@ -485,13 +533,12 @@ class Pipeline:
             if part is None:
                 cfg[name] = None
                 continue
-            to_config = getattr(part, "config", None)
-            if not callable(to_config):
+            if not provides(part, Persistable):
                 raise ConfigError(
                     f"the {name} ({type(part).__name__}) has no config() method, so the pipeline cannot be saved; "
                     "give it config()/from_config() and register it with layered.registry.register"
                 )
-            cfg[name] = to_config()
+            cfg[name] = cast(Persistable, part).config()
         return cfg
 
     def save(self, folder: str | Path) -> Path:
@@ -501,8 +548,8 @@ class Pipeline:
         def write(tmp: Path) -> None:
             atomic_write_json(tmp / CONFIG_FILE, cfg)
             for part in (self.retriever, self.generator):
-                if part is not None and hasattr(part, "save"):
-                    part.save(tmp)
+                if provides(part, SavesFiles):
+                    cast(SavesFiles, part).save(tmp)
 
         path = save_folder_atomically(folder, write, manifest_extra={"layered_version": layered.__version__})
         log.info("saved pipeline to %s", path)
@@ -531,7 +578,7 @@ class Pipeline:
             cls_ = registry.lookup(name, part_cfg["kind"])
             try:
                 # Parts with files of their own (an index, adapter weights) load from the folder.
-                parts[name] = cls_.load(folder, part_cfg) if hasattr(cls_, "load") else cls_.from_config(part_cfg)
+                parts[name] = cls_.load(folder, part_cfg) if provides(cls_, LoadsFiles) else cls_.from_config(part_cfg)
             except (KeyError, TypeError, AttributeError, IndexError) as e:  # a hand-edited config: one line, not a traceback
                 raise ArtifactError(f"{folder / CONFIG_FILE}: the {name} config is malformed ({type(e).__name__}: {e})") from None
         return cls(
@@ -641,7 +688,7 @@ def _answer(
     sources = tuple(to_citation(n, h) for n, h in enumerate(prompt.context, start=1))
     if invalid:
         metadata["invalid_citations"] = invalid
-    timing = getattr(generation, "timing", None)
+    timing = generation.timing
     if timing:
         metadata["timing"] = dict(timing)
     suspects = injection_suspects(prompt.context)

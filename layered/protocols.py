@@ -1,17 +1,28 @@
-"""One ``typing.Protocol`` per role of a pipeline, each with one main method.
+"""One ``typing.Protocol`` per role of a pipeline, each with one main method, and the
+capabilities a part may offer beyond it.
 
 Any object with the right method plugs into a :class:`layered.Pipeline`: no base class and
-no registration are needed. The protocols are ``runtime_checkable`` so the pipeline can
-give a clear error when an object does not fit its slot.
+no registration are needed. The protocols are ``runtime_checkable``; the pipeline checks a
+part once, when it is put into a slot (:func:`require` for the role, :func:`provides` for
+each optional capability), and a part that does not fit gets one line naming the missing
+member. Capabilities (a token budget, named adapters, indexing, warm-up, persistence) are
+small protocols of their own, so what the pipeline relies on is declared here, not probed
+per call.
+
+:class:`AnsweringPipeline` and :class:`TrainablePipeline` declare what evaluation and
+tuning call back into (both are what :class:`layered.Pipeline` offers).
 """
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from layered.types import Chunk, Document, Generation, Hit, Prompt
+from layered.errors import ConfigError
+from layered.types import Answer, Chunk, Document, Generation, Hit, Message, Prompt
 
 Filters = Mapping[str, Any]
 
@@ -86,3 +97,234 @@ class Router(Protocol):
     """Picks the adapter that should answer a question (``None``: the generator's default)."""
 
     def route(self, question: str) -> str | None: ...
+
+
+# -- capabilities: what a part may offer beyond its role's one method --------------------------
+
+
+@runtime_checkable
+class TokenBudgeted(Protocol):
+    """A generator that counts prompt tokens: the pipeline packs prompts into ``prompt_budget``."""
+
+    @property
+    def prompt_budget(self) -> int: ...
+
+    def count_tokens(self, prompt: Prompt) -> int: ...
+
+
+@runtime_checkable
+class AdapterHost(Protocol):
+    """A generator serving named adapters on one base model; a request names one with
+    ``adapter=`` (``"base"``: none; ``None``: ``default_adapter``)."""
+
+    @property
+    def adapters(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+    default_adapter: str | None
+
+    def generate(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Generation: ...
+
+    def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class AdapterInstaller(AdapterHost, Protocol):
+    """An adapter host that installs saved adapter weights beside its own (``Pipeline.add_adapter``)."""
+
+    model_name: str
+
+    def add_adapter(self, name: str, config: Mapping[str, Any], weights_file: Path, *, default: bool = False) -> None: ...
+
+
+@runtime_checkable
+class Tunable(AdapterInstaller, Protocol):
+    """A generator ``Pipeline.fit`` can train: it attaches a fresh adapter and exposes the model to train."""
+
+    context_window: int
+
+    @property
+    def model(self) -> Any: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def attach_adapter(self, config: Any, name: str = ...) -> Any: ...
+
+
+@runtime_checkable
+class Indexable(Protocol):
+    """A retriever that indexes documents (``Pipeline.add_documents``)."""
+
+    def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> Any: ...
+
+
+@runtime_checkable
+class Deletable(Protocol):
+    """A retriever that removes documents from its index (``Pipeline.delete_documents``)."""
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int: ...
+
+
+@runtime_checkable
+class Embedded(Protocol):
+    """A retriever searching an embedder's vector space (few-shot selection reuses it)."""
+
+    embedder: Any
+
+
+@runtime_checkable
+class WarmUp(Protocol):
+    """A part with heavy models that can load them now rather than on first use."""
+
+    def warm_up(self) -> Any: ...
+
+
+@runtime_checkable
+class Reasoning(Protocol):
+    """A prompt that may ask for reasoning before the answer (``reasoning=True``): the pipeline
+    splits it off the answer and streams only the answer."""
+
+    reasoning: bool
+
+
+@runtime_checkable
+class Persistable(Protocol):
+    """A part that describes itself as JSON-ready data (``kind`` plus its settings), so a pipeline holding it can be saved."""
+
+    def config(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SavesFiles(Protocol):
+    """A part with files of its own (an index, adapter weights) written into the pipeline's folder."""
+
+    def save(self, folder: Path) -> Any: ...
+
+
+@runtime_checkable
+class LoadsFiles(Protocol):
+    """A part class that rebuilds itself from a saved folder and its config (``cls.load(folder, config)``)."""
+
+    def load(self, folder: Path, config: Mapping[str, Any]) -> Any: ...
+
+
+@runtime_checkable
+class Timed(Protocol):
+    """A streamed answer that reports its request's timing once exhausted."""
+
+    @property
+    def timing(self) -> Mapping[str, float]: ...
+
+
+# -- what evaluation and tuning call back into -------------------------------------------------
+
+
+@runtime_checkable
+class AnsweringPipeline(Protocol):
+    """A pipeline that answers questions and derives variants of itself (what evaluation uses)."""
+
+    generator: Generator
+    retriever: Retriever | None
+    prompt: PromptTemplate
+    min_score: float | None
+
+    def ask(self, question: str, **options: Any) -> Answer: ...
+
+    def replace(self, **changes: Any) -> "AnsweringPipeline": ...
+
+
+@runtime_checkable
+class TrainablePipeline(Protocol):
+    """A pipeline whose served prompts tuning formats its examples with (train what you serve)."""
+
+    generator: Any
+    retriever: Retriever | None
+
+    def retrieve(self, question: str, *, k: int | None = None, filters: Filters | None = None, user: Any = None) -> list[Hit]: ...
+
+    def build_chat_prompt(self, messages: Sequence[Any], **variables: Any) -> Prompt: ...
+
+    def pack_chat(self, question: str, history: Sequence[Message], hits: Sequence[Hit], variables: dict[str, Any]) -> Prompt: ...
+
+    def fit(self, train: Sequence[Any], **options: Any) -> Any: ...
+
+    def replace(self, **changes: Any) -> "TrainablePipeline": ...
+
+
+# -- checking parts -----------------------------------------------------------------------------
+
+#: Keywords a capability needs in a method's signature (a name alone cannot tell them apart).
+_KEYWORDS: dict[type, dict[str, tuple[str, ...]]] = {AdapterHost: {"generate": ("adapter",), "stream": ("adapter",)}}
+
+
+def members(protocol: type) -> tuple[str, ...]:
+    """The public members ``protocol`` declares (methods, properties, attributes), its bases' first."""
+    names: list[str] = []
+    for klass in reversed(protocol.__mro__):
+        if not getattr(klass, "_is_protocol", False) or klass is Protocol:
+            continue
+        for name in (*vars(klass).get("__annotations__", {}), *vars(klass)):
+            if not name.startswith("_") and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _has(part: Any, name: str) -> bool:
+    """``part.name`` exists, found without running it: a property (which may load a model) is
+    seen on the class; only what no class declares is looked up, so ``__getattr__``
+    delegation still counts."""
+    try:
+        inspect.getattr_static(part, name)
+        return True
+    except AttributeError:
+        return hasattr(part, name)
+
+
+def accepts_keywords(function: Any, names: Sequence[str]) -> frozenset[str]:
+    """Which of ``names`` ``function`` takes as keyword arguments (all of them with ``**kwargs``)."""
+    return frozenset(name for name in names if _takes(function, name))
+
+
+def _takes(function: Any, keyword: str) -> bool:
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: take it at its word
+        return True
+    return keyword in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def missing(part: Any, protocol: type) -> list[str]:
+    """What ``part`` lacks to provide ``protocol``: member names, or ``"name(keyword=)"`` for a
+    method without a keyword the protocol needs. Looked up as attribute access does, so a
+    wrapper that delegates attributes to the part it wraps provides what that part provides."""
+    lacking = [name for name in members(protocol) if not _has(part, name)]
+    for name, keywords in _KEYWORDS.get(protocol, {}).items():
+        if name not in lacking:
+            lacking += [f"{name}({k}=)" for k in keywords if not _takes(getattr(part, name), k)]
+    return lacking
+
+
+def provides(part: Any, protocol: type) -> bool:
+    """Whether ``part`` offers the capability ``protocol`` (checked once, when it takes a slot)."""
+    return part is not None and not missing(part, protocol)
+
+
+def _signature(protocol: type, name: str) -> str:
+    member = inspect.getattr_static(protocol, name, None)
+    if not callable(member):
+        return name
+    signature = inspect.signature(member)
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values() if p.name != "self"]
+    return f"{name}{signature.replace(parameters=params, return_annotation=inspect.Signature.empty)}".replace("=Ellipsis", "=...")
+
+
+def require(slot: str, part: Any, protocol: type) -> None:
+    """Raise one :class:`ConfigError` line when ``part`` cannot fill ``slot``: what the slot
+    needs and the first member ``part`` lacks."""
+    lacking = missing(part, protocol)
+    if lacking:
+        needs = " and ".join(_signature(protocol, name) for name in members(protocol))
+        first = lacking[0]
+        if callable(inspect.getattr_static(protocol, first, None)):
+            first += "()"
+        raise ConfigError(f"the {slot} must have {needs}; {type(part).__name__} has no {first}")

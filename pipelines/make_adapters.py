@@ -33,7 +33,7 @@ def make(name: str, cache: Path) -> shipped.ShippedAdapter:
         pipe, _ = medical.load_or_build(cache / "demo-medical", progress=True, adapter=False)
         parts = medical.splits()
         examples = medical.adapter_examples(pipe, parts.train, n=180)
-        options, comment = medical.recipe(), (
+        served, options, comment = medical.ADAPTER, medical.recipe(), (
             "The medical adapter: 180 MedQuAD training-split questions (topics split 80/10/10, seed 0; demo topics left out)\n"
             "answered with the opening of their own page and its citation [n], on the served prompt (patient audience).\n"
             "Retrain: layered tune pipelines/data/adapters/medical/recipe.toml --pipeline medical --out DIR")
@@ -42,7 +42,7 @@ def make(name: str, cache: Path) -> shipped.ShippedAdapter:
 
         pipe, _ = support.load_or_build(cache / "demo-support", progress=True, adapter=False)
         examples = support.policy_splits().train
-        options, comment = support.recipe(), (
+        served, options, comment = support.ADAPTER, support.recipe(), (
             "The support policy adapter: the policy-routed Bitext pairs of the training split (by intent, seed 0).\n"
             "Retrain: layered tune pipelines/data/adapters/support/recipe.toml --pipeline support --out DIR")
     else:
@@ -50,9 +50,10 @@ def make(name: str, cache: Path) -> shipped.ShippedAdapter:
     recipe = shipped.write_inputs(folder, options=options, examples=examples, comment=comment)
     options, data = read_recipe(recipe)
     with tempfile.TemporaryDirectory(prefix=f"layered-{name}-") as run:
-        report = pipe.fit(recipe_examples(data), config=TuneConfig(**options), out_dir=Path(run), progress=True)
+        # Trained under the name it is served by, so the weights are read back by that name.
+        report = pipe.fit(recipe_examples(data), config=TuneConfig(**options), out_dir=Path(run), progress=True, name=served)
         log.info("%s: validation loss %s", name, report.val_losses)
-        return shipped.write_outputs(folder, generator=pipe.generator, adapter="default", run_dir=Path(run), report=report)
+        return shipped.write_outputs(folder, generator=pipe.generator, adapter=served, run_dir=Path(run), report=report)
 
 
 def main() -> None:

@@ -181,7 +181,7 @@ def adapter_examples(pipe: Pipeline, pool: Sequence[Example], *, n: int, seed: i
 
 def recipe() -> dict[str, Any]:
     """The medical adapter's recipe: LoRA rank 8 (alpha 16) on every linear layer of each block."""
-    from layered.tuning.config import ALL_LINEAR
+    from layered.adapters.config import ALL_LINEAR
 
     return {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": list(ALL_LINEAR), "learning_rate": 1e-3,
             "batch_size": 4, "max_steps": 40, "eval_every": 20, "checkpoint_every": 40, "seed": 0}

@@ -121,17 +121,21 @@ def policy_splits() -> Splits:
 
 def recipe() -> dict[str, Any]:
     """The policy adapter's recipe: LoRA rank 8 (alpha 16) on every linear layer, 30 steps of 4."""
-    from layered.tuning.config import ALL_LINEAR
+    from layered.adapters.config import ALL_LINEAR
 
     return {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": list(ALL_LINEAR), "learning_rate": 1e-3,
             "batch_size": 4, "max_steps": 30, "eval_every": 15, "checkpoint_every": 30, "seed": 0}
+
+
+#: The name the shipped policy adapter is trained and served under (the router's pick for policy questions).
+ADAPTER = "policy"
 
 
 def with_adapter(pipe: Pipeline) -> Pipeline:
     """``pipe`` (transformers, no adapter) with the shipped ``policy`` adapter; the router picks it per question."""
     from layered.pipelines.shipped import ShippedAdapter
 
-    ShippedAdapter.named("support").install(pipe.generator, "policy", default=False)
+    ShippedAdapter.named("support").install(pipe.generator, ADAPTER, default=False)
     return pipe
 
 

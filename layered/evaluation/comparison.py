@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from layered.adapters import BASE
 from layered.errors import ConfigError, InputError
 from layered.evaluation.metrics import mrr_at_k, rouge_l, token_f1
-from layered.generation.adapters import BASE
 from layered.generation.guards import degenerate
+from layered.protocols import AnsweringPipeline
 from layered.types import Answer, Example
 
 STRATEGIES = ("prompt-only", "few-shot", "rag", "rag+adapter")
@@ -71,7 +72,7 @@ class StrategyResult:
 
 
 def strategy_setups(
-    pipe: Any, *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None, shots: int = 2,
+    pipe: AnsweringPipeline, *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None, shots: int = 2,
     strategies: Sequence[str] = STRATEGIES,
 ) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Each strategy as ``(pipeline, ask options)``, sharing ``pipe``'s generator and retriever.
@@ -157,7 +158,7 @@ def score_answers(
 
 
 def evaluate_pipeline(
-    pipe: Any, examples: Sequence[Example], *, label: str = "pipeline", variables: Mapping[str, Any] | None = None,
+    pipe: AnsweringPipeline, examples: Sequence[Example], *, label: str = "pipeline", variables: Mapping[str, Any] | None = None,
     progress: Any = False, **ask_options: Any,
 ) -> StrategyResult:
     """Answer each example with ``pipe.ask(question, **ask_options, **variables)`` and score the answers.
@@ -183,7 +184,7 @@ def evaluate_pipeline(
 
 
 def compare(
-    pipe: Any, test: Sequence[Example], *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None,
+    pipe: AnsweringPipeline, test: Sequence[Example], *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None,
     shots: int = 2, strategies: Sequence[str] = STRATEGIES, variables: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> list[StrategyResult]:

@@ -3,7 +3,7 @@
 The prompt is rendered to token ids with the model's own chat template through the
 transformers tokenizer read from the same GGUF, so llama.cpp sees exactly the tokens the
 transformers generator (and ``Pipeline.fit``) would: train what you serve, serve it fast.
-LoRA adapters exported to GGUF (:mod:`layered.tuning.export`) are loaded once and chosen
+LoRA adapters exported to GGUF (:mod:`layered.adapters.export`) are loaded once and chosen
 per request by name. Decoding is greedy unless ``temperature > 0``; ``stop`` sequences end
 the answer.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from layered import models
+from layered.adapters import DEFAULT, runtime
 from layered.artifacts import sha256_file
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import AnswerBudget, chat_messages, check_budget, check_fits, check_saveable
@@ -38,7 +39,7 @@ from layered.generation.llamacpp_batch import BatchEngine, Job, Sampling
 from layered.types import Generation, PieceStream, Prompt
 
 LORA_FILE = "adapter.gguf"
-DEFAULT_NAME = "default"
+DEFAULT_NAME = DEFAULT
 PRECISIONS = ("f16", "native")
 
 
@@ -128,7 +129,7 @@ class LlamaCppGenerator:
         every LoRA adapter exported to GGUF (into ``adapter_dir``, else a temp folder), the same
         one answering by default.
         """
-        from layered.tuning.export import export_lora
+        from layered.adapters.export import export_lora
 
         path = models.resolve(generator.model_name)
         if not path.is_file() or path.suffix != ".gguf":
@@ -216,15 +217,7 @@ class LlamaCppGenerator:
 
     def _resolve(self, adapter: str | None) -> str | None:
         """The adapter a request asking for ``adapter`` gets (None: the base model)."""
-        from layered.generation.adapters import BASE
-
-        if adapter is None:
-            return self.default_adapter
-        if adapter == BASE:
-            return None
-        if adapter not in self.loras:
-            raise ConfigError(f"no adapter named {adapter!r} (known: {', '.join([BASE, *self.loras])})")
-        return adapter
+        return runtime.resolve(adapter, self.adapters, self.default_adapter)
 
     def submit(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Job:
         """Queue ``prompt`` on the batching engine; the raw token ids arrive on the returned job

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 from layered import models
+from layered.adapters import DEFAULT, runtime
+from layered.adapters.config import AdapterConfig
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.generation.common import AnswerBudget, chat_messages, check_budget, check_fits, check_saveable
 from layered.generation.guards import DecodingGuard
@@ -110,17 +112,15 @@ class TransformersGenerator:
 
     # -- adapters ----------------------------------------------------------------------------
 
-    def attach_adapter(self, config: Any, name: str = "default") -> Any:
-        """Make the model trainable with ``config`` (a TuneConfig); returns the model to train.
+    def attach_adapter(self, config: AdapterConfig, name: str = DEFAULT) -> Any:
+        """Make the model trainable with ``config`` (a TuneConfig) as adapter ``name``; returns the model to train.
 
         The new adapter becomes the default one: the generator serves the adapted model from
         then on (train what you serve).
         """
-        from layered.generation import adapters
-
         with self._lock:
             model = self._load()[0]
-            self._model = adapters.install(model, name, config, self.adapters)
+            self._model = runtime.install(model, name, config, self.adapters)
             self.adapters[name] = config.model_dump()
             self.default_adapter = name
             return self._model
@@ -130,13 +130,10 @@ class TransformersGenerator:
 
         ``default=True`` also makes it answer requests that name no adapter.
         """
-        from layered.generation import adapters
-        from layered.tuning.config import TuneConfig
-
-        adapters.check_can_add(name, str(config.get("method", "lora")), self.adapters)
+        runtime.check_can_add(name, str(config.get("method", "lora")), self.adapters)
         if not Path(weights_file).is_file():
             raise ConfigError(f"adapter weights {weights_file} are missing")
-        TuneConfig(**config)  # a clear error for a bad config before touching the model
+        AdapterConfig.of(config)  # a clear error for a bad config before touching the model
         with self._lock:
             if self._model is None:
                 self._pending[name] = Path(weights_file)
@@ -149,11 +146,8 @@ class TransformersGenerator:
     def _install(self, name: str, config: dict[str, Any], weights_file: Path, others: Mapping[str, Any]) -> None:
         from safetensors.torch import load_file
 
-        from layered.generation import adapters
-        from layered.tuning.config import TuneConfig
-
-        model = adapters.install(self._model, name, TuneConfig(**config), others)
-        adapters.load_weights(model, name, load_file(str(weights_file)))
+        model = runtime.install(self._model, name, AdapterConfig.of(config), others)
+        runtime.load_weights(model, name, load_file(str(weights_file)))
         self._model = model.eval()
         self.adapters[name] = config
 
@@ -174,8 +168,6 @@ class TransformersGenerator:
 
     def adapter_weights(self, name: str | None = None) -> dict[str, Any]:
         """The tensors of adapter ``name`` (default: the default adapter), keyed without its name."""
-        from layered.generation import adapters
-
         name = name or self.default_adapter
         if name is None or name not in self.adapters:
             return {}
@@ -183,7 +175,7 @@ class TransformersGenerator:
             from safetensors.torch import load_file
 
             return load_file(str(self._pending[name]))
-        return adapters.weights(self._load()[0], name)
+        return runtime.weights(self._load()[0], name)
 
     def adapter_source(self, name: str) -> Path | None:
         """The saved weights file adapter ``name`` will be installed from (None once it is installed)."""
@@ -191,19 +183,7 @@ class TransformersGenerator:
 
     def _resolve(self, adapter: str | None) -> str | None:
         """The installed adapter a request asking for ``adapter`` gets (None: the base model)."""
-        from layered.generation.adapters import BASE
-        from layered.tuning.methods import PEFT_METHODS
-
-        if adapter is None:
-            return self.default_adapter
-        if adapter == BASE:
-            if any(c.get("method") not in PEFT_METHODS for c in self.adapters.values()):
-                raise ConfigError("this generator's adapter changed the model's own weights; the base model is not available beside it")
-            return None
-        if adapter not in self.adapters:
-            known = ", ".join([BASE, *self.adapters])
-            raise ConfigError(f"no adapter named {adapter!r} (known: {known})")
-        return adapter
+        return runtime.resolve(adapter, self.adapters, self.default_adapter)
 
     def warm_up(self) -> None:
         self._load()
@@ -282,8 +262,6 @@ class TransformersGenerator:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        from layered.generation.adapters import serving
-
         class Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 run.new_tokens = int(input_ids.shape[-1]) - run.prompt_tokens
@@ -291,7 +269,7 @@ class TransformersGenerator:
 
         with self._lock:
             model, tok = self._load()
-            selected = serving(model, self._resolve(adapter))
+            selected = runtime.serving(model, self._resolve(adapter))
             inputs = self._inputs(prompt)
             run.prompt_tokens = int(inputs["input_ids"].shape[-1])
             limit = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)

@@ -46,7 +46,7 @@ def save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    from layered.tuning.methods import trainable_state
+    from layered.adapters.methods import trainable_state
 
     def write(folder: Path) -> None:
         save_file(trainable_state(model), str(folder / "trainable.safetensors"))

@@ -1,4 +1,5 @@
-"""One configuration for every tuning method, validated, saved beside the adapter as JSON."""
+"""One configuration for every tuning run: the adapter method (:class:`~layered.adapters.config.AdapterConfig`)
+plus the training schedule, validated, saved beside the adapter as JSON."""
 
 from __future__ import annotations
 
@@ -6,29 +7,17 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from layered.strict import StrictModel
+from layered.adapters.config import ALL_LINEAR, AdapterConfig
+from layered.adapters.names import Method
 
-Method = Literal["lora", "ia3", "prefix", "bottleneck", "selective", "full"]
+__all__ = ["ALL_LINEAR", "Method", "TuneConfig", "short_lora"]
 
 
-class TuneConfig(StrictModel):
+class TuneConfig(AdapterConfig):
     """Method hyper-parameters and the training schedule (unknown keys are errors)."""
 
     label: ClassVar[str] = "tuning config"
 
-    method: Method = "lora"
-    # LoRA / DoRA
-    rank: int = Field(default=8, ge=1)
-    alpha: float = Field(default=16.0, gt=0)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    dora: bool = False
-    # prefix tuning
-    virtual_tokens: int = Field(default=16, ge=1)
-    # bottleneck adapters: width of the down-projection
-    bottleneck: int = Field(default=64, ge=1)
-    # selective tuning: biases/norms only, or additionally the top-k decoder layers
-    top_layers: int = Field(default=0, ge=0)
     # schedule
     learning_rate: float = Field(default=2e-4, gt=0)
     epochs: float = Field(default=1.0, gt=0)
@@ -50,12 +39,9 @@ class TuneConfig(StrictModel):
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     checkpoint_every: int = Field(default=20, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
-    seed: int = 0
 
     @model_validator(mode="after")
-    def _method_fits(self) -> "TuneConfig":
-        if self.method == "lora" and not self.target_modules:
-            raise ValueError("LoRA needs target_modules")
+    def _schedule_fits(self) -> "TuneConfig":
         if self.method == "prefix" and self.gradient_checkpointing is True:
             raise ValueError("prefix tuning cannot use gradient_checkpointing (its prefixes live in the attention cache)")
         return self
@@ -66,9 +52,6 @@ class TuneConfig(StrictModel):
         if self.gradient_checkpointing == "auto":
             return self.method != "prefix"
         return bool(self.gradient_checkpointing)
-
-
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
 
 
 def short_lora(steps: int) -> TuneConfig:

@@ -6,19 +6,22 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from layered.adapters import runtime
+from layered.adapters.names import DEFAULT
 from layered.errors import ConfigError, ContextOverflowError, EmptyDatasetError, InputError
 from layered.tuning.config import TuneConfig
 from layered.tuning.data import split
 from layered.tuning.formatting import Features, format_example
-from layered.tuning.methods import count_parameters
+from layered.adapters.methods import count_parameters
 from layered.tuning.trainer import TrainReport, evaluate_loss, train, uses_bf16
 from layered.prompts.conversation import example_from_messages
+from layered.protocols import TrainablePipeline, Tunable, missing, provides
 from layered.types import Example
 
 log = logging.getLogger(__name__)
 
 
-def _features(pipeline: Any, examples: Sequence[Example], *, distractors: int, what: str) -> list[Features]:
+def _features(pipeline: TrainablePipeline, examples: Sequence[Example], *, distractors: int, what: str) -> list[Features]:
     out, too_long = [], []
     for ex in examples:
         try:
@@ -43,7 +46,7 @@ def _as_example(item: Any) -> Example:
 
 
 def fit_pipeline(
-    pipeline: Any,
+    pipeline: TrainablePipeline,
     train_examples: Sequence[Example],
     *,
     val: Sequence[Example] | None = None,
@@ -54,8 +57,9 @@ def fit_pipeline(
     progress: bool = True,
     check_forgetting: bool = True,
     stop_after: int | None = None,
+    name: str = DEFAULT,
 ) -> TrainReport:
-    """Format, check, attach the method's adapter and train; see :meth:`layered.Pipeline.fit`.
+    """Format, check, attach the method's adapter (as ``name``) and train; see :meth:`layered.Pipeline.fit`.
 
     Every input problem (no examples, an empty validation split, an example longer than the
     window) is raised before the model is touched. Without ``val``, 10% of the training
@@ -64,11 +68,13 @@ def fit_pipeline(
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
     """
     config = config or TuneConfig()
+    runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
     train_examples = [_as_example(e) for e in train_examples]
     val = None if val is None else [_as_example(e) for e in val]
     generator = pipeline.generator
-    if not hasattr(generator, "attach_adapter"):
-        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned; use the transformers generator")
+    if not provides(generator, Tunable):
+        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned (it has no {missing(generator, Tunable)[0]}); "
+                          "use the transformers generator")
     if generator.adapters:
         raise ConfigError("this generator already carries an adapter; load the base pipeline to train another")
     if not train_examples:
@@ -89,7 +95,7 @@ def fit_pipeline(
         from layered.evaluation.perplexity import general_text, perplexity
 
         base_ppl = perplexity(generator.model, tokenizer, general_text())
-    model = generator.attach_adapter(config)
+    model = generator.attach_adapter(config, name)
     trainable, total = count_parameters(model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", config.method, trainable, total, 100 * trainable / total)
     before = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size, bf16=uses_bf16(config))

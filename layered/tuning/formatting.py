@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from layered.errors import ConfigError, ContextOverflowError
 from layered.generation.common import chat_messages
 from layered.prompts.injection import control_tokens, defuse_control_tokens
+from layered.protocols import TrainablePipeline
 from layered.types import Example, Hit, Message
 
 IGNORE = -100
@@ -36,7 +37,7 @@ class Features:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
-def _distractors(pipeline: Any, example: Example, pool: Sequence[Example], n: int, rng: random.Random) -> list[Hit]:
+def _distractors(pipeline: TrainablePipeline, example: Example, pool: Sequence[Example], n: int, rng: random.Random) -> list[Hit]:
     others = [e for e in pool if e.question != example.question]
     picked: list[Hit] = []
     for other in rng.sample(others, min(n, len(others))):
@@ -46,7 +47,7 @@ def _distractors(pipeline: Any, example: Example, pool: Sequence[Example], n: in
 
 
 def format_example(
-    pipeline: Any, example: Example, *, distractors: int = 0, pool: Sequence[Example] = (), seed: int = 0,
+    pipeline: TrainablePipeline, example: Example, *, distractors: int = 0, pool: Sequence[Example] = (), seed: int = 0,
 ) -> Features:
     """Token ids and labels for ``example`` as ``pipeline`` would serve it (see module docstring).
 

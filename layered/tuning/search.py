@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from layered.errors import InputError
+from layered.protocols import TrainablePipeline
 from layered.tuning.config import TuneConfig
 from layered.types import Example
 
@@ -37,7 +38,7 @@ class SearchResult:
 
     trials: list[Trial]
     best: Trial
-    pipeline: Any
+    pipeline: TrainablePipeline
 
     def markdown_table(self) -> str:
         lines = ["| rank | learning rate | validation loss | seconds | chosen |", "|---|---|---|---|---|"]
@@ -46,13 +47,13 @@ class SearchResult:
         return "\n".join(lines)
 
 
-def base_copy(pipe: Any) -> Any:
+def base_copy(pipe: TrainablePipeline) -> TrainablePipeline:
     """A pipeline sharing ``pipe``'s retriever, prompt and settings with a fresh, untuned generator of the same model."""
     return pipe.replace(generator=type(pipe.generator).from_config(pipe.generator.config()))
 
 
 def search_lora(
-    make_pipeline: Callable[[], Any],
+    make_pipeline: Callable[[], TrainablePipeline],
     train: Sequence[Example],
     val: Sequence[Example],
     *,

@@ -116,3 +116,14 @@ def test_embedding_router_picks_the_nearest_examples_above_the_threshold():
     assert router.route("zebra quantum violin") == "base"
     rebuilt = EmbeddingRouter.from_config(router.config())
     assert rebuilt.route("symptoms of diabetes type 2") == "medical"
+
+
+def test_a_name_torch_module_containers_reserve_is_refused_before_the_model_is_touched(tiny_model_dir, tuned):
+    folder, _ = tuned
+    pipe = Pipeline(generator=_generator(tiny_model_dir))
+    for name in ("items", "keys", "train"):  # PEFT would fail inside torch with "attribute 'items' already exists"
+        with pytest.raises(ConfigError, match=f"adapter name '{name}' is an attribute of torch's module containers"):
+            pipe.add_adapter(name, folder / "codes")
+    assert pipe.generator.adapters == {}
+    pipe.add_adapter("codes", folder / "codes")
+    assert list(pipe.generator.adapters) == ["codes"]

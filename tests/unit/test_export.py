@@ -7,7 +7,7 @@ import pytest
 
 from layered import models
 from layered.errors import ConfigError
-from layered.tuning.export import export_lora
+from layered.adapters.export import export_lora
 
 BASE = models.DEFAULT_GENERATOR.path()  # SmolLM2-135M: hidden 576, 9 query heads, 3 key/value heads, rank 4 below
 PREFIX = "base_model.model.model.layers.{}.{}.lora_{}.weight"

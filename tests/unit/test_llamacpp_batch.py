@@ -118,7 +118,7 @@ def test_requests_for_different_adapters_batch_per_adapter_and_match_solo(tmp_pa
     from safetensors.torch import load_file
 
     from layered.pipelines.shipped import ShippedAdapter
-    from layered.tuning.export import export_lora
+    from layered.adapters.export import export_lora
 
     shipped = ShippedAdapter.named("medical").verify()
     lora = export_lora(load_file(str(shipped.weights)), shipped.config(), models.resolve(models.DEFAULT_GENERATOR.name),

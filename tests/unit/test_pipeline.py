@@ -186,3 +186,66 @@ def test_replace_shares_every_part_but_the_changed_ones(tiny_generator):
     assert (other.k, other.min_score, other.refusal) == (5, None, "no") and (pipe.k, pipe.min_score) == (3, 0.2)
     with pytest.raises(ConfigError, match="unknown part"):
         pipe.replace(generater=tiny_generator)
+
+
+class PlainGenerator:
+    """A user's own generator: the role's two methods and nothing else (no token budget, no adapters)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def generate(self, prompt, **options):
+        return self.inner.generate(prompt, **options)
+
+    def stream(self, prompt, **options):
+        return self.inner.stream(prompt, **options)
+
+
+def test_a_part_missing_a_method_gets_one_line_naming_it(tiny_generator):
+    class Half:
+        def generate(self, prompt):
+            return None
+
+    class Finder:
+        def search(self, query):
+            return []
+
+    with pytest.raises(ConfigError, match=r"^the generator must have generate\(prompt\) and stream\(prompt\); Half has no stream\(\)$"):
+        Pipeline(generator=Half())
+    with pytest.raises(ConfigError, match=r"^the retriever must have retrieve\(query, \*, k, filters=None\); Finder has no retrieve\(\)$"):
+        Pipeline(generator=tiny_generator, retriever=Finder())
+    with pytest.raises(ConfigError, match=r"the prompt must have render\(.*\); object has no render\(\)$"):
+        Pipeline(generator=tiny_generator, prompt=object())
+    with pytest.raises(ConfigError, match=r"the router must have route\(question\); Finder has no route\(\)$"):
+        Pipeline(generator=tiny_generator, router=Finder())
+    pipe = Pipeline(generator=tiny_generator)
+    with pytest.raises(ConfigError, match=r"Finder has no retrieve\(\)"):  # a slot set later is checked the same way
+        pipe.retriever = Finder()
+    with pytest.raises(ConfigError, match=r"Half has no stream\(\)"):
+        pipe.generator = Half()
+    assert pipe.retriever is None and pipe.generator is tiny_generator
+
+
+def test_capabilities_are_read_when_a_part_takes_its_slot_without_loading_a_model(tiny_model_dir, docs):
+    from layered.generation.transformers_generator import TransformersGenerator
+    from layered.protocols import AdapterHost, TokenBudgeted, Tunable, missing, provides
+
+    gen = TransformersGenerator(str(tiny_model_dir), max_new_tokens=12, context_window=1024)
+    pipe = _pipe(gen, docs)
+    assert gen._model is None  # prompt_budget, model and tokenizer are properties that load it: none was run
+    assert provides(gen, TokenBudgeted) and provides(gen, AdapterHost) and provides(gen, Tunable)
+    plain = PlainGenerator(gen)
+    assert missing(plain, TokenBudgeted) == ["prompt_budget", "count_tokens"] and not provides(plain, AdapterHost)
+    pipe.generator = plain  # the setter records what the new part can do
+    with pytest.raises(ConfigError, match="PlainGenerator generator serves no adapters"):
+        pipe.ask("What are the symptoms?", adapter="codes")
+    with pytest.raises(ConfigError, match=r"PlainGenerator cannot be fine-tuned \(it has no default_adapter\)"):
+        pipe.fit([], out_dir="unused")
+
+
+def test_a_generator_with_no_capabilities_answers_as_the_full_one_does(tiny_generator, docs):
+    question = "What are the symptoms?"
+    expected = _pipe(tiny_generator, docs, k=2).ask(question)
+    answer = _pipe(PlainGenerator(tiny_generator), docs, k=2).ask(question)
+    assert answer.text == expected.text and answer.metadata["adapter"] is None
+    assert [s.chunk_id for s in answer.sources] == [s.chunk_id for s in expected.sources]

@@ -87,7 +87,7 @@ def test_tune_cli_trains_and_saves_the_adapter(tiny_generator, tmp_path, capsys)
                                            ("selective", {"top_layers": 1}), ("full", {})])
 def test_every_method_trains_serves_and_round_trips(tiny_model_dir, tmp_path, method, extra):
     from layered.generation.transformers_generator import TransformersGenerator
-    from layered.tuning.methods import count_parameters
+    from layered.adapters.methods import count_parameters
 
     gen = TransformersGenerator(str(tiny_model_dir), max_new_tokens=6, context_window=1024)
     pipe = Pipeline(generator=gen)
@@ -108,7 +108,7 @@ def test_fresh_bottleneck_adapters_leave_outputs_unchanged(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from layered.tuning.methods import apply_method
+    from layered.adapters.methods import apply_method
 
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -117,3 +117,29 @@ def test_fresh_bottleneck_adapters_leave_outputs_unchanged(tiny_model_dir):
         after = apply_method(base, TuneConfig(method="bottleneck", bottleneck=8))(input_ids=ids).logits
     assert torch.allclose(before, after, atol=1e-6)
     assert all(("adapter" in n) == p.requires_grad for n, p in base.named_parameters())
+
+
+def test_fit_names_the_adapter_it_trains_and_the_name_survives_save_load_and_add_adapter(tiny_model_dir, tmp_path):
+    from layered.generation.transformers_generator import TransformersGenerator
+
+    def generator():
+        return TransformersGenerator(str(tiny_model_dir), max_new_tokens=12, context_window=1024)
+
+    pipe = Pipeline(generator=generator())
+    config = TuneConfig(rank=4, learning_rate=1e-2, max_steps=4, batch_size=8, eval_every=4, checkpoint_every=4)
+    with pytest.raises(ConfigError, match="adapter names"):  # refused before the model is touched
+        pipe.fit(TRAIN, val=VAL, config=config, name="base", out_dir=tmp_path / "bad", progress=False, check_forgetting=False)
+    assert pipe.generator.adapters == {} and not (tmp_path / "bad").exists()
+    pipe.fit(TRAIN, val=VAL, config=config, name="codes", out_dir=tmp_path / "run", progress=False, check_forgetting=False)
+    assert list(pipe.generator.adapters) == ["codes"] and pipe.generator.default_adapter == "codes"
+    answer = pipe.ask("What is the code for item 40?")
+    assert answer.metadata["adapter"] == "codes"
+    assert pipe.ask("What is the code for item 40?", adapter="codes").text == answer.text
+    pipe.save(tmp_path / "tuned")
+    assert (tmp_path / "tuned" / "generator" / "adapters" / "codes.safetensors").is_file()
+    loaded = Pipeline.load(tmp_path / "tuned")
+    assert list(loaded.generator.adapters) == ["codes"] and loaded.generator.default_adapter == "codes"
+    assert loaded.ask("What is the code for item 40?").text == answer.text
+    other = Pipeline(generator=generator())  # served under another name, read from the saved "codes" file
+    other.add_adapter("served", tmp_path / "tuned", default=True)
+    assert other.ask("What is the code for item 40?").text == answer.text

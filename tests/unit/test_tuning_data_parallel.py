@@ -27,7 +27,7 @@ from pathlib import Path
 import layered.tuning.trainer as trainer
 from layered.tuning.config import TuneConfig
 from layered.tuning.formatting import Features
-from layered.tuning.methods import apply_method, trainable_state
+from layered.adapters.methods import apply_method, trainable_state
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 

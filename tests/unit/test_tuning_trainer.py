@@ -20,7 +20,7 @@ from pathlib import Path
 import layered.tuning.trainer as trainer
 from layered.tuning.config import TuneConfig
 from layered.tuning.formatting import Features
-from layered.tuning.methods import apply_method
+from layered.adapters.methods import apply_method
 from transformers import AutoModelForCausalLM
 
 model_dir, data, out, slow = sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), sys.argv[3], float(sys.argv[4])
@@ -97,7 +97,7 @@ def test_bf16_autocast_keeps_the_loss_within_tolerance_of_fp32(tmp_path, tiny_mo
 
     from layered.tuning import trainer
     from layered.tuning.formatting import Features
-    from layered.tuning.methods import apply_method
+    from layered.adapters.methods import apply_method
 
     rows = _dataset(smol_tokenizer, 40)
     feats = [Features(input_ids=r[0], labels=r[1]) for r in rows]
@@ -145,7 +145,7 @@ def test_gradient_checkpointing_trains_the_same_lora(tmp_path, tiny_model_dir, s
 
     from layered.tuning import trainer
     from layered.tuning.formatting import Features
-    from layered.tuning.methods import apply_method
+    from layered.adapters.methods import apply_method
 
     feats = [Features(input_ids=r[0], labels=r[1]) for r in _dataset(smol_tokenizer, 24)]
     losses = {}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from layered.tuning.config import TuneConfig
+from layered.adapters.config import AdapterConfig
 
 
-def apply(model: Any, config: TuneConfig) -> Any:
+def apply(model: Any, config: AdapterConfig) -> Any:
     for param in model.parameters():
         param.requires_grad = True
     return model

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from layered.tuning.config import TuneConfig
+from layered.adapters.config import AdapterConfig
+from layered.adapters.names import DEFAULT
 
 
-def peft_config(config: TuneConfig) -> Any:
+def peft_config(config: AdapterConfig) -> Any:
     """The PEFT ``LoraConfig`` for ``config``."""
     from peft import LoraConfig
 
@@ -17,7 +18,7 @@ def peft_config(config: TuneConfig) -> Any:
     )
 
 
-def apply(model: Any, config: TuneConfig, name: str = "default") -> Any:
+def apply(model: Any, config: AdapterConfig, name: str = DEFAULT) -> Any:
     from peft import get_peft_model
 
     return get_peft_model(model, peft_config(config), adapter_name=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from layered.errors import ConfigError
-from layered.tuning.config import TuneConfig
+from layered.adapters.config import AdapterConfig
 
 
 def _adapter_block(hidden: int, bottleneck: int) -> Any:
@@ -48,7 +48,7 @@ def _wrap(block: Any, adapter: Any) -> Any:
     return WithAdapter()
 
 
-def apply(model: Any, config: TuneConfig) -> Any:
+def apply(model: Any, config: AdapterConfig) -> Any:
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ConfigError("bottleneck adapters need a decoder with model.layers (Llama-style)")

@@ -13,29 +13,32 @@ for the others.
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any, Iterator, Mapping
 
+from layered.adapters.config import AdapterConfig
+from layered.adapters.names import BASE, PEFT_METHODS, check_name
 from layered.errors import ConfigError
 
-BASE = "base"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-
-
-def check_name(name: str) -> str:
-    """``name`` if it can name an adapter (an identifier-like word other than ``"base"``)."""
-    if not isinstance(name, str) or not _NAME.match(name) or name == BASE:
-        raise ConfigError(f"adapter names are short words of letters, digits, '-' or '_' (not {BASE!r}); got {name!r}")
-    return name
+__all__ = ["BASE", "check_can_add", "check_name", "install", "load_weights", "resolve", "serving", "weights"]
 
 
 def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
+def _check_container_name(name: str) -> None:
+    """PEFT keeps each adapter's layers in torch ``ModuleDict``s keyed by the adapter's name, and
+    a key that is one of their attributes (``items``, ``keys``, ``train``...) fails deep inside torch."""
+    import torch
+
+    if hasattr(torch.nn.ModuleDict(), name):
+        raise ConfigError(f"adapter name {name!r} is an attribute of torch's module containers, where PEFT keeps adapters; choose another")
+
+
 def check_can_add(name: str, method: str, existing: Mapping[str, Mapping[str, Any]]) -> None:
     """Refuse a second adapter unless every adapter, old and new, is LoRA, and a reused name."""
     check_name(name)
+    _check_container_name(name)
     if name in existing:
         raise ConfigError(f"an adapter named {name!r} is already installed")
     methods = {str(c.get("method")) for c in existing.values()} | {method}
@@ -43,17 +46,17 @@ def check_can_add(name: str, method: str, existing: Mapping[str, Mapping[str, An
         raise ConfigError(f"several adapters on one base must all be LoRA; this would mix {', '.join(sorted(methods))}")
 
 
-def install(model: Any, name: str, config: Any, existing: Mapping[str, Mapping[str, Any]]) -> Any:
-    """Add adapter ``name`` (fresh weights) for ``config`` (a TuneConfig); returns the model to use.
+def install(model: Any, name: str, config: AdapterConfig, existing: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Add adapter ``name`` (fresh weights) for ``config`` (an AdapterConfig or a TuneConfig); returns the model to use.
 
     ``existing`` maps the adapters already installed to their config dumps.
     """
-    from layered.tuning.methods import apply_method
+    from layered.adapters.methods import apply_method
 
     check_can_add(name, config.method, existing)
     if not existing:
         return apply_method(model, config, name)
-    from layered.tuning.methods.lora import peft_config
+    from layered.adapters.methods.lora import peft_config
 
     model.add_adapter(name, peft_config(config))
     return model
@@ -87,6 +90,24 @@ def load_weights(model: Any, name: str, tensors: Mapping[str, Any]) -> None:
     with torch.no_grad():
         for key, value in tensors.items():
             params[key].copy_(value)
+
+
+def resolve(adapter: str | None, installed: Mapping[str, Mapping[str, Any]], default: str | None) -> str | None:
+    """The installed adapter a request asking for ``adapter`` gets (None: the base model).
+
+    ``None`` asks for ``default``; ``"base"`` for the bare base model, which only PEFT
+    methods leave reachable; any other name must be installed.
+    """
+    if adapter is None:
+        return default
+    if adapter == BASE:
+        if any(c.get("method") not in PEFT_METHODS for c in installed.values()):
+            raise ConfigError("this generator's adapter changed the model's own weights; the base model is not available beside it")
+        return None
+    if adapter not in installed:
+        known = ", ".join([BASE, *installed])
+        raise ConfigError(f"no adapter named {adapter!r} (known: {known})")
+    return adapter
 
 
 @contextlib.contextmanager

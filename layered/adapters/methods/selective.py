@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from layered.tuning.config import TuneConfig
+from layered.adapters.config import AdapterConfig
 
 _LAYER = re.compile(r"\blayers\.(\d+)\.")
 
 
-def apply(model: Any, config: TuneConfig) -> Any:
+def apply(model: Any, config: AdapterConfig) -> Any:
     n_layers = int(getattr(model.config, "num_hidden_layers", 0))
     top = set(range(n_layers - config.top_layers, n_layers))
     for name, param in model.named_parameters():

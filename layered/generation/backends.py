@@ -1,0 +1,28 @@
+"""Switching a generator to another backend: the llama.cpp twin of a transformers generator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layered.errors import ConfigError
+from layered.protocols import Generator
+
+#: The switches known: (from, to).
+SWITCHES = (("transformers", "llamacpp"),)
+
+
+def switch(generator: Generator, backend: str, **options: Any) -> Generator:
+    """``generator`` answering with ``backend``: the generator itself when it already is one.
+
+    ``"llamacpp"`` from a transformers generator: llama.cpp on the same GGUF with every LoRA
+    adapter exported to GGUF (``options`` go to ``LlamaCppGenerator.from_generator``).
+    """
+    current = str(getattr(generator, "kind", type(generator).__name__))  # a user's generator may have no kind
+    if backend == current:
+        return generator
+    if (current, backend) not in SWITCHES:
+        known = ", ".join(f"{a} -> {b}" for a, b in SWITCHES)
+        raise ConfigError(f"cannot switch a {current} generator to {backend!r} (known: {known})")
+    from layered.generation.llamacpp_generator import LlamaCppGenerator
+
+    return LlamaCppGenerator.from_generator(generator, **options)

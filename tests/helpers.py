@@ -5,7 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from layered.tuning.formatting import IGNORE
 from layered.types import Document
+
+
+def arithmetic_rows(tokenizer, n: int) -> list[list[list[int]]]:
+    """``n`` tiny training rows [input_ids, labels] ("Question i: what is i plus i?" -> " It is 2i."),
+    loss on the answer tokens only."""
+    rows = []
+    for i in range(n):
+        prompt = tokenizer.encode(f"Question {i}: what is {i} plus {i}?", add_special_tokens=False)
+        answer = tokenizer.encode(f" It is {2 * i}.", add_special_tokens=False) + [tokenizer.eos_token_id]
+        rows.append([prompt + answer, [IGNORE] * len(prompt) + answer])
+    return rows
 
 
 def write_beir(folder: Path, docs: list[Document], *, n_docs: int, step: int) -> int:

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from layered.tuning import launch
-from layered.tuning.formatting import IGNORE
+from tests.helpers import arithmetic_rows
 
 TOLERANCE = 1e-5
 
@@ -47,15 +47,6 @@ print(json.dumps({"loss": report.train_loss, "val": report.best_val_loss, "steps
 """
 
 
-def _dataset(tokenizer, n):
-    rows = []
-    for i in range(n):
-        prompt = tokenizer.encode(f"Question {i}: what is {i} plus {i}?", add_special_tokens=False)
-        answer = tokenizer.encode(f" It is {2 * i}.", add_special_tokens=False) + [tokenizer.eos_token_id]
-        rows.append([prompt + answer, [IGNORE] * len(prompt) + answer])
-    return rows
-
-
 @pytest.fixture
 def script(tmp_path):
     path = tmp_path / "train.py"
@@ -68,7 +59,7 @@ def _data(tmp_path, tokenizer, **config):
     base = {"method": "lora", "rank": 4, "learning_rate": 5e-3, "max_steps": 4, "batch_size": 5, "grad_accum": 2,
             "eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 2, "dropout": 0.0, "precision": "float32", "seed": 3}
     path = tmp_path / "data.json"
-    path.write_text(json.dumps({"config": {**base, **config}, "train": _dataset(tokenizer, 30), "val": _dataset(tokenizer, 36)[30:]}))
+    path.write_text(json.dumps({"config": {**base, **config}, "train": arithmetic_rows(tokenizer, 30), "val": arithmetic_rows(tokenizer, 36)[30:]}))
     return path
 
 

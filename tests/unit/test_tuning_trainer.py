@@ -13,6 +13,7 @@ import pytest
 from layered.errors import ConfigError
 from layered.tuning.config import TuneConfig
 from layered.tuning.formatting import IGNORE
+from tests.helpers import arithmetic_rows
 
 SCRIPT = r"""
 import json, sys, time
@@ -35,15 +36,6 @@ print(json.dumps({"loss": report.train_loss, "val": report.best_val_loss, "steps
 """
 
 
-def _dataset(tokenizer, n):
-    rows = []
-    for i in range(n):
-        prompt = tokenizer.encode(f"Question {i}: what is {i} plus {i}?", add_special_tokens=False)
-        answer = tokenizer.encode(f" It is {2 * i}.", add_special_tokens=False) + [tokenizer.eos_token_id]
-        rows.append([prompt + answer, [IGNORE] * len(prompt) + answer])
-    return rows
-
-
 def _run(tiny_model_dir, data_file, out, slow=0.0):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_model_dir), str(data_file), str(out), str(slow)],
                           capture_output=True, text=True, check=True)
@@ -55,7 +47,7 @@ def data_file(tmp_path, smol_tokenizer):
     config = {"method": "lora", "rank": 4, "learning_rate": 5e-3, "max_steps": 24, "batch_size": 4, "eval_every": 6,
               "checkpoint_every": 4, "keep_checkpoints": 2, "dropout": 0.1, "seed": 3}
     path = tmp_path / "data.json"
-    path.write_text(json.dumps({"config": config, "train": _dataset(smol_tokenizer, 32), "val": _dataset(smol_tokenizer, 40)[32:]}))
+    path.write_text(json.dumps({"config": config, "train": arithmetic_rows(smol_tokenizer, 32), "val": arithmetic_rows(smol_tokenizer, 40)[32:]}))
     return path
 
 
@@ -99,7 +91,7 @@ def test_bf16_autocast_keeps_the_loss_within_tolerance_of_fp32(tmp_path, tiny_mo
     from layered.tuning.formatting import Features
     from layered.adapters.methods import apply_method
 
-    rows = _dataset(smol_tokenizer, 40)
+    rows = arithmetic_rows(smol_tokenizer, 40)
     feats = [Features(input_ids=r[0], labels=r[1]) for r in rows]
     results = {}
     for precision in ("float32", "bfloat16"):
@@ -147,7 +139,7 @@ def test_gradient_checkpointing_trains_the_same_lora(tmp_path, tiny_model_dir, s
     from layered.tuning.formatting import Features
     from layered.adapters.methods import apply_method
 
-    feats = [Features(input_ids=r[0], labels=r[1]) for r in _dataset(smol_tokenizer, 24)]
+    feats = [Features(input_ids=r[0], labels=r[1]) for r in arithmetic_rows(smol_tokenizer, 24)]
     losses = {}
     for recompute in (False, True):
         config = TuneConfig(rank=4, learning_rate=5e-3, max_steps=4, batch_size=4, eval_every=4, checkpoint_every=4,

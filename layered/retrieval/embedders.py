@@ -29,22 +29,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-#: ``auto``: bf16 autocast where the CPU has native bf16, else fp32; ``int8``: the linear layers
-#: dynamically quantised to int8 (weights int8, activations quantised per batch).
+#: ``auto``: bf16 autocast where the CPU has native bf16, else fp32; ``int8``: ONNX Runtime with
+#: the weights quantised to int8 per output channel (:mod:`layered.retrieval.onnx_embed`).
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
-
-
-def _quantized(model: Any) -> Any:
-    """``model`` with every ``nn.Linear`` replaced by torch's dynamic int8 version (CPU only)."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated in favour of torchao
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class SentenceTransformerEmbedder:
@@ -63,13 +50,14 @@ class SentenceTransformerEmbedder:
         self,
         model: str = models.DEFAULT_EMBEDDER.name,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | None = None,
         precision: str = "auto",
         max_seq_length: int | None = None,
         owned: bool = False,
     ) -> None:
-        """``max_seq_length`` caps the tokens read per text (None: the model's own, 256 for
+        """``batch_size``: texts per forward pass (None: 32; ``int8`` runs one text at a time,
+        see :class:`~layered.retrieval.onnx_embed.OnnxEncoder`). ``max_seq_length`` caps the tokens read per text (None: the model's own, 256 for
         MiniLM). Encoding time grows with it: all-MiniLM-L6-v2 was trained on 128-token
         inputs, and reading only a passage's first 128 tokens halves indexing time for
         200-token passages (see the medical assistant)."""
@@ -86,6 +74,7 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._st: Any = None
+        self._onnx: Any = None
 
     @cached_property
     def path(self):  # type: ignore[no-untyped-def]
@@ -127,34 +116,59 @@ class SentenceTransformerEmbedder:
                     self._st = SentenceTransformer(str(self.path), device=self.device or "cpu", local_files_only=True)
                     if self.max_seq_length is not None:
                         self._st.max_seq_length = self.max_seq_length
-                    if self.precision == "int8":
-                        self._st = _quantized(self._st)
                 except (OSError, ValueError, ImportError) as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ModelNotAvailableError(f"could not load the embedder from {self.path}: {first}") from e
             return self._st
 
+    def _int8(self) -> Any:
+        """The ONNX Runtime encoder; the int8 file is exported once per set of weights and cached."""
+        if self._onnx is None:
+            from layered.retrieval.onnx_embed import OnnxEncoder, cached_file, export_int8, pooling_of
+
+            pooling = pooling_of(self.path)
+            onnx_file = cached_file(self.fingerprint)
+            if not onnx_file.is_file():
+                try:
+                    export_int8(self._model(), onnx_file)
+                except OSError as e:
+                    raise ModelNotAvailableError(f"could not write the int8 embedder to {onnx_file.parent}: {e.strerror or e}; "
+                                                 "set LAYERED_CACHE to a writable folder or use precision='bfloat16'") from e
+            with self._lock:
+                if self._onnx is None:
+                    self._onnx = OnnxEncoder(onnx_file, self.path, max_tokens=self.max_tokens, pooling=pooling)
+        return self._onnx
+
     def warm_up(self) -> None:
-        self._model()
+        self._int8() if self.runs_as == "int8" else self._model()
 
     @cached_property
-    def uses_bf16(self) -> bool:
-        """Whether encoding runs under bf16 autocast (``auto``: when the CPU has native bf16).
+    def runs_as(self) -> str:
+        """The precision ``auto`` resolves to on this machine: ``bfloat16`` on a CPU with native
+        bf16, else ``float32``. ``int8`` is opt-in.
 
-        Measured here (benchmarks/embedding_speed.py): 2.3x the fp32 throughput on an
-        AVX-512-bf16 CPU, cosine to the fp32 vectors >= 0.9999.
+        Measured here (benchmarks/results/embedding_speed.md, all-MiniLM-L6-v2, 2 cores): bf16
+        1.8x raw fp32 sentence-transformers throughput with the same nDCG@10; int8 2.8x and 8x
+        faster queries, but 0.5-0.8 points of dense nDCG@10 lost on MedQuAD and SciFact.
         """
         if self.precision != "auto":
-            return self.precision == "bfloat16"
+            return self.precision
         if (self.device or "cpu") != "cpu":
-            return False
+            return "float32"
         from layered.hardware import cpu_supports_bf16
 
-        return cpu_supports_bf16()
+        return "bfloat16" if cpu_supports_bf16() else "float32"
+
+    @property
+    def uses_bf16(self) -> bool:
+        """Whether the torch path encodes under bf16 autocast."""
+        return self.runs_as == "bfloat16"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.runs_as == "int8":
+            return self._int8().encode(list(texts))
         import torch
 
         model = self._model()
@@ -162,7 +176,7 @@ class SentenceTransformerEmbedder:
         # borrowed", and two concurrent encodes would only split the same cores.
         with self._encode_lock, torch.autocast(device_type=(self.device or "cpu").split(":")[0], dtype=torch.bfloat16, enabled=self.uses_bf16):
             vectors = model.encode(
-                list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                list(texts), batch_size=self.batch_size or 32, convert_to_numpy=True,
                 normalize_embeddings=True, show_progress_bar=False,
             )
         return _normalise(vectors)

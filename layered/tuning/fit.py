@@ -59,7 +59,12 @@ def fit_pipeline(
     stop_after: int | None = None,
     name: str = DEFAULT,
 ) -> TrainReport:
-    """Format, check, attach the method's adapter (as ``name``) and train; see :meth:`layered.Pipeline.fit`.
+    """Format, check, attach the method's adapter (as ``name``) and train (:meth:`layered.Pipeline.fit`).
+
+    ``train_examples`` are formatted exactly as the pipeline's ``ask`` serves them. ``config``
+    is a :class:`~layered.tuning.config.TuneConfig` (LoRA by default). The pipeline answers
+    with the adapter (named ``name``, ``"default"`` unless given) afterwards and its ``save``
+    stores it. Returns the training report (``val_losses[0]`` is before training).
 
     Every input problem (no examples, an empty validation split, an example longer than the
     window) is raised before the model is touched. Without ``val``, 10% of the training

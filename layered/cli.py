@@ -14,8 +14,8 @@ layered error (one line on stderr), 2 bad usage, 130 interrupted.
 
 Each command is a thin wrapper: parse (:mod:`layered.cli_parser`), call the one function
 that does the work (in the package it belongs to), print. The workflows live there:
-``compare`` in :mod:`layered.evaluation.workflow`, ``eval`` in :mod:`layered.evaluation.retrieval`,
-``demo`` in :mod:`layered.pipelines.demo`.
+``compare`` in :mod:`layered.evaluation.workflow`, ``tune`` in :mod:`layered.tuning.workflow`,
+``eval`` in :mod:`layered.evaluation.retrieval`, ``demo`` in :mod:`layered.pipelines.demo`.
 """
 
 from __future__ import annotations
@@ -183,57 +183,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from layered.pipelines import BUNDLED, assistant, cache_folder
     from layered.tuning import launch
-    from layered.tuning.config import TuneConfig
-    from layered.tuning.data import data_report, redact
-    from layered.tuning.fit import read_recipe, recipe_examples
+    from layered.tuning.workflow import TuneOptions, run_tune, tune_config
 
-    options: dict[str, object] = {}
-    data = Path(args.data)
-    if data.suffix.lower() in (".toml", ".json"):
-        options, data = read_recipe(data)
-    if args.method:
-        options["method"] = args.method
-    if args.steps:
-        options["max_steps"] = args.steps
-    config = TuneConfig(**options)  # type: ignore[arg-type]
+    config, data = tune_config(args.data, method=args.method, steps=args.steps)
     if args.nproc > 1 and not launch.launched():  # start N copies of this command under torchrun
         return launch.run_cli(args.argv, nproc=args.nproc)
-    dp = launch.data_parallel()  # None in one process
-    main_rank = dp is None or dp.is_main
-    if not main_rank:
-        logging.getLogger("layered").setLevel(logging.WARNING)  # one rank reports
-    examples = recipe_examples(data, question_field=args.question_field, answer_field=args.answer_field)
-    if args.redact:
-        examples, counts = redact(examples)
-        log.info("redacted: %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
-    log.info("%s", data_report(examples, title=str(data.name)))
-    if args.pipeline in BUNDLED and not args.out:
-        raise layered.errors.InputError(f"--pipeline {args.pipeline} (the bundled assistant) needs --out DIR for the tuned pipeline")
-    if dp is not None and not main_rank:
-        dp.barrier()  # rank 0 loads first, building any shared cache (a bundled assistant's index) alone
-    if args.pipeline in BUNDLED:
-        # the bundled assistant without adapters (transformers), from the demo's cache when intact
-        cache = cache_folder(args.pipeline, args.cache_dir)
-        pipe = assistant(args.pipeline).load_or_build(cache, progress=not args.quiet and main_rank, adapter=False)[0]
-    else:
-        pipe = _load_pipeline(args.pipeline, args)
-    if dp is not None and main_rank:
-        dp.barrier()
-    out = Path(args.out or args.pipeline)
-    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
-    fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=args.resume, progress=not args.quiet and main_rank)
-    if not main_rank:  # rank 0 saves the tuned pipeline
-        launch.finish()
-        return 0
-    path = pipe.save(out)
-    launch.finish()
-    losses = ", ".join(f"step {s}: {v:.3f}" for s, v in fit.val_losses)
-    log.info("validation loss per answer token: %s", losses)
-    log.info("%d steps in %.0fs (%.0f tokens/s); metrics and loss curve in %s", fit.steps, fit.seconds, fit.tokens_per_second, run_dir)
-    log.info("tuned pipeline (adapter in generator/adapters/) saved to %s", path)
-    print(path)
+    options = TuneOptions(pipeline=args.pipeline, out=args.out, run_dir=args.run_dir, question_field=args.question_field,
+                          answer_field=args.answer_field, redact=args.redact, resume=args.resume, cache_dir=args.cache_dir)
+    path = run_tune(config, data, options, load=lambda folder: _load_pipeline(folder, args), progress=not args.quiet)
+    if path is not None:  # rank 0 of a data-parallel run, or the only process
+        print(path)
     return 0
 
 

@@ -7,7 +7,7 @@ part once, when it is put into a slot (:func:`require` for the role, :func:`prov
 each optional capability), and a part that does not fit gets one line naming the missing
 member. Capabilities (a token budget, named adapters, indexing, warm-up, persistence) are
 small protocols of their own, so what the pipeline relies on is declared here, not probed
-per call.
+per call; a :class:`Slot` does both when a part is put in.
 
 :class:`AnsweringPipeline` and :class:`TrainablePipeline` declare what evaluation and
 tuning call back into (both are what :class:`layered.Pipeline` offers).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Generic, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, cast, overload, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from layered.errors import ConfigError
 from layered.types import Answer, Chunk, Document, Generation, Hit, Message, Prompt
 
 Filters = Mapping[str, Any]
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -328,3 +329,41 @@ def require(slot: str, part: Any, protocol: type) -> None:
         if callable(inspect.getattr_static(protocol, first, None)):
             first += "()"
         raise ConfigError(f"the {slot} must have {needs}; {type(part).__name__} has no {first}")
+
+
+class Slot(Generic[T]):
+    """A checked slot of a composite (a :class:`~layered.Pipeline`'s ``generator``, ``retriever``...).
+
+    Putting a part in (at construction or by assignment) runs :func:`require` with the slot's
+    ``role`` (``None`` passes when ``optional``) and records each of ``capabilities``
+    (``attribute=protocol``) as ``provides(part, protocol)`` on the owner; ``derived``
+    (``attribute=function``) records ``function(part)`` for what a protocol cannot say.
+    """
+
+    def __init__(self, role: type, *, optional: bool = False, derived: Mapping[str, Any] | None = None, **capabilities: type) -> None:
+        self.role, self.optional = role, optional
+        self.capabilities, self.derived = capabilities, dict(derived or {})
+        self.name = self.attribute = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.attribute = name, f"_{name}"
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> "Slot[T]": ...
+
+    @overload
+    def __get__(self, instance: object, owner: type) -> T: ...
+
+    def __get__(self, instance: object | None, owner: type) -> "T | Slot[T]":
+        if instance is None:
+            return self
+        return cast(T, getattr(instance, self.attribute))
+
+    def __set__(self, instance: object, part: T) -> None:
+        if part is not None or not self.optional:
+            require(self.name, part, self.role)
+        setattr(instance, self.attribute, part)
+        for attribute, protocol in self.capabilities.items():
+            setattr(instance, attribute, provides(part, protocol))
+        for attribute, function in self.derived.items():
+            setattr(instance, attribute, function(part))

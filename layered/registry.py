@@ -41,8 +41,8 @@ _TABLE: dict[str, dict[str, str]] = {
         "chat": "layered.prompts.template:ChatPromptTemplate",
     },
     "router": {
-        "keywords": "layered.generation.routing:KeywordRouter",
-        "embedding": "layered.generation.routing:EmbeddingRouter",
+        "keywords": "layered.routing:KeywordRouter",
+        "embedding": "layered.routing:EmbeddingRouter",
     },
 }
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from layered.artifacts import sha256_file
 from layered.errors import ArtifactError
-from layered.generation.routing import KeywordRouter
+from layered.routing import KeywordRouter
 from layered.pipeline import Pipeline
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.data import Splits

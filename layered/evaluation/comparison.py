@@ -161,7 +161,14 @@ def evaluate_pipeline(
     pipe: AnsweringPipeline, examples: Sequence[Example], *, label: str = "pipeline", variables: Mapping[str, Any] | None = None,
     progress: Any = False, **ask_options: Any,
 ) -> StrategyResult:
-    """Answer each example with ``pipe.ask(question, **ask_options, **variables)`` and score the answers.
+    """Answer each example with ``pipe.ask(question, **ask_options, **variables)`` and score the answers
+    (:meth:`layered.Pipeline.evaluate`).
+
+    The :class:`StrategyResult` holds token F1 and ROUGE-L against the reference answers,
+    retrieval hit rate / MRR and citation precision when examples list their relevant
+    ``metadata["doc_ids"]``, refusals, latency and tokens. Run it before and after ``fit``
+    (with ``adapter="base"`` and without) to see what tuning changed; ``layered compare``
+    puts it beside prompt-only and few-shot answers.
 
     ``progress`` is a bool or an open tqdm bar to advance. Each example's own
     ``variables`` win over ``variables``.

@@ -13,11 +13,15 @@ apply *inside* their query, so ``k`` visible chunks come back whenever ``k`` exi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from layered.errors import InputError
 from layered.protocols import Filters
+from layered.types import Hit
+
+log = logging.getLogger(__name__)
 
 ACCESS_KEY = "access"
 PUBLIC = "*"
@@ -89,3 +93,25 @@ def matches(metadata: Mapping[str, Any], filters: Filters | None) -> bool:
         elif have != want:
             return False
     return True
+
+
+def filtered_retrieve(
+    retriever: Any, query: str, *, k: int, filters: Filters | None = None, user: User | None = None, min_score: float | None = None,
+) -> list[Hit]:
+    """``retriever``'s top ``k`` hits for ``query`` within ``filters`` and what ``user`` may see,
+    those scoring below ``min_score`` dropped. ``k=0`` (or no retriever) retrieves nothing.
+
+    The filter goes inside the retriever's query; the hits are checked again, as defence in
+    depth for user-written retrievers that ignore filters: a chunk that fails them is never
+    passed on (the built-in stores already filter inside the query).
+    """
+    if k < 0:
+        raise InputError(f"k must be 0 or more passages, got {k}")
+    if retriever is None or k == 0:
+        return []
+    filters = with_access(filters, user)
+    hits = list(retriever.retrieve(query, k=k, filters=filters))
+    allowed = [h for h in hits if matches(h.chunk.metadata, filters)]
+    if len(allowed) < len(hits):
+        log.warning("the retriever returned %d chunks outside the filters; dropped them", len(hits) - len(allowed))
+    return allowed if min_score is None else [h for h in allowed if h.score >= min_score]

@@ -45,6 +45,36 @@ def _as_example(item: Any) -> Example:
     raise InputError(f"a training example must be an Example or a {{'messages': [...]}} chat, not {type(item).__name__}")
 
 
+def _tunable(generator: Any) -> Any:
+    """``generator``, when it can be fine-tuned now (a transformers generator without an adapter)."""
+    if not provides(generator, Tunable):
+        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned (it has no {missing(generator, Tunable)[0]}); "
+                          "use the transformers generator")
+    if generator.adapters:
+        raise ConfigError("this generator already carries an adapter; load the base pipeline to train another")
+    return generator
+
+
+def _held_out(train: list[Example], val: list[Example] | None, *, seed: int) -> tuple[list[Example], list[Example]]:
+    """The training and validation examples: without ``val``, 10% of ``train`` (whole near-duplicate groups)."""
+    if not train:
+        raise EmptyDatasetError("no training examples")
+    if val is None:
+        parts = split(list(train), validation=0.1, test=0.0, seed=seed)
+        train, val = parts.train, parts.validation
+        log.info("held out %d of the training examples for validation", len(val))
+    if not val:
+        raise EmptyDatasetError("the validation set is empty; pass val=[...] with at least one example")
+    return train, val
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise InputError("the tokenizer has neither a pad nor an end-of-sequence token")
+    return int(pad_id)
+
+
 def fit_pipeline(
     pipeline: TrainablePipeline,
     train_examples: Sequence[Example],
@@ -59,7 +89,12 @@ def fit_pipeline(
     stop_after: int | None = None,
     name: str = DEFAULT,
 ) -> TrainReport:
-    """Format, check, attach the method's adapter (as ``name``) and train; see :meth:`layered.Pipeline.fit`.
+    """Format, check, attach the method's adapter (as ``name``) and train (:meth:`layered.Pipeline.fit`).
+
+    ``train_examples`` are formatted exactly as the pipeline's ``ask`` serves them. ``config``
+    is a :class:`~layered.tuning.config.TuneConfig` (LoRA by default). The pipeline answers
+    with the adapter (named ``name``, ``"default"`` unless given) afterwards and its ``save``
+    stores it. Returns the training report (``val_losses[0]`` is before training).
 
     Every input problem (no examples, an empty validation split, an example longer than the
     window) is raised before the model is touched. Without ``val``, 10% of the training
@@ -71,26 +106,12 @@ def fit_pipeline(
     runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
     train_examples = [_as_example(e) for e in train_examples]
     val = None if val is None else [_as_example(e) for e in val]
-    generator = pipeline.generator
-    if not provides(generator, Tunable):
-        raise ConfigError(f"{type(generator).__name__} cannot be fine-tuned (it has no {missing(generator, Tunable)[0]}); "
-                          "use the transformers generator")
-    if generator.adapters:
-        raise ConfigError("this generator already carries an adapter; load the base pipeline to train another")
-    if not train_examples:
-        raise EmptyDatasetError("no training examples")
-    if val is None:
-        parts = split(list(train_examples), validation=0.1, test=0.0, seed=config.seed)
-        train_examples, val = parts.train, parts.validation
-        log.info("held out %d of the training examples for validation", len(val))
-    if not val:
-        raise EmptyDatasetError("the validation set is empty; pass val=[...] with at least one example")
+    generator = _tunable(pipeline.generator)
+    train_examples, val = _held_out(train_examples, val, seed=config.seed)
     train_set = _features(pipeline, train_examples, distractors=distractors, what="training")
     val_set = _features(pipeline, val, distractors=0, what="validation")
     tokenizer = generator.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise InputError("the tokenizer has neither a pad nor an end-of-sequence token")
+    pad_id = _pad_id(tokenizer)
     if check_forgetting:
         from layered.evaluation.perplexity import general_text, perplexity
 

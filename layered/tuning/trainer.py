@@ -12,6 +12,7 @@ and rank 0 alone writes checkpoints and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -176,6 +177,172 @@ def _recompute_activations(model: Any, on: bool) -> None:
     switch({"use_reentrant": False}) if on else switch()
 
 
+@dataclass
+class LoopState:
+    """Where a run is: saved in every checkpoint (the JSON ``loop`` object, these keys) and
+    restored on resume, so a resumed run takes the same steps as one never interrupted."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float | None = None
+    bad_evals: int = 0
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "LoopState":
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+
+
+@dataclass
+class _Run:
+    """What every step of one run shares: the model and data, the optimizer and schedule, the ranks."""
+
+    model: Any
+    train_set: Sequence[Features]
+    val_set: Sequence[Features]
+    config: TuneConfig
+    pad_id: int
+    dp: Any  # the DataParallel of this process, None in a single process
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    total_steps: int
+    ckpt_root: Path
+    bf16: bool
+
+    @property
+    def main(self) -> bool:
+        return self.dp is None or self.dp.is_main
+
+
+def _start(model: Any, train_set: Sequence[Features], val_set: Sequence[Features], config: TuneConfig, *, pad_id: int, out: Path) -> _Run:
+    """Seed, move the model to this rank's device, and build the optimizer and its warm-up + linear-decay schedule."""
+    import torch
+
+    dp = data_parallel()  # None in a single process
+    if dp is not None and dp.device.type != "cpu":
+        model.to(dp.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("the model has no trainable parameters; apply a tuning method first")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return _Run(model=model, train_set=train_set, val_set=val_set, config=config, pad_id=pad_id, dp=dp, params=params,
+                optimizer=optimizer, scheduler=scheduler, total_steps=total_steps, ckpt_root=out / "checkpoints", bf16=uses_bf16(config))
+
+
+def _resume(run: _Run, resume: bool) -> tuple[LoopState, int | None]:
+    """The loop state to start from (the newest complete checkpoint's with ``resume``) and its step."""
+    dp = run.dp
+    found = complete_checkpoints(run.ckpt_root) if resume and run.main else []
+    if dp is not None and resume:  # every rank resumes from the checkpoint rank 0 picked
+        newest = dp.broadcast(found[-1].name if found else None)
+        found = [run.ckpt_root / newest] if newest else []
+    state, resumed_from = LoopState(), None
+    if found:
+        saved = load_checkpoint(found[-1], model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, rank=dp.rank if dp else 0)
+        state = LoopState.from_dict(saved)
+        resumed_from = state.step
+        log.info("resuming from %s (step %d)", found[-1].name, state.step)
+    if dp is not None:
+        dp.broadcast_parameters(run.params)  # one starting point, whatever each rank initialised
+    return state, resumed_from
+
+
+def _step(run: _Run, group: Sequence[Sequence[int]]) -> tuple[float, int]:
+    """One optimizer step over the batches of ``group`` (gradient accumulation): the mean
+    answer-token loss and the tokens read."""
+    import torch
+
+    dp, train_set = run.dp, run.train_set
+    feats = [[train_set[i] for i in b] for b in group]
+    n_tokens = sum(f.answer_tokens for b in feats for f in b)
+    run.optimizer.zero_grad(set_to_none=True)
+    total_loss = 0.0
+    # Each rank: its rows of every batch, scaled by the tokens of the whole group, so the
+    # gradients summed over ranks are the one-process gradient.
+    for b in feats if dp is None else [[train_set[i] for i in dp.shard(b)] for b in group]:
+        if not b:  # a last batch with fewer rows than ranks
+            continue
+        loss_sum, _ = _token_loss(run.model, _collate(b, run.pad_id), run.bf16)
+        (loss_sum / max(n_tokens, 1)).backward()
+        total_loss += float(loss_sum.detach())
+    if dp is not None:
+        dp.sum_gradients(run.params)
+        total_loss = dp.sum([total_loss])[0]
+    torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    return total_loss / max(n_tokens, 1), sum(len(f.input_ids) for b in feats for f in b)
+
+
+def _validate(run: _Run, state: LoopState, entry: dict[str, Any]) -> bool:
+    """Add the validation loss to ``entry`` when one is due; whether early stopping now ends the run."""
+    config = run.config
+    if not run.val_set or not (state.step % config.eval_every == 0 or state.step == run.total_steps):
+        return False
+    entry["val_loss"] = evaluate_loss(run.model, run.val_set, pad_id=run.pad_id, batch_size=config.batch_size, bf16=run.bf16)
+    if state.best_val is None or entry["val_loss"] < state.best_val:
+        state.best_val, state.bad_evals = entry["val_loss"], 0
+        return False
+    state.bad_evals += 1
+    return config.patience is not None and state.bad_evals >= config.patience
+
+
+def _checkpoint(run: _Run, state: LoopState, stopped_early: bool) -> None:
+    """Save a checkpoint when one is due (rank 0 writes; every rank contributes its RNG state)."""
+    config = run.config
+    if state.step % config.checkpoint_every == 0 or state.step == run.total_steps or stopped_early:
+        rng = run.dp.gather_rng() if run.dp is not None else None
+        if run.main:
+            save_checkpoint(run.ckpt_root, step=state.step, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                            loop=state.as_dict(), keep=config.keep_checkpoints, rng_states=rng)
+
+
+def _epochs(run: _Run, state: LoopState, last_step: int, bar: Any) -> tuple[float, int, bool]:
+    """Optimizer steps until ``last_step`` or early stopping: the last training loss, the tokens
+    read by this run, and whether it stopped early."""
+    config, lengths = run.config, [len(f.input_ids) for f in run.train_set]
+    last_loss = state.metrics[-1]["loss"] if state.metrics else float("nan")
+    tokens_this_run, stopped_early = 0, False
+    while state.step < last_step and not stopped_early:
+        batches = bucketed_batches(lengths, config.batch_size, seed=config.seed, epoch=state.epoch)
+        while state.batch < len(batches) and state.step < last_step:
+            group = batches[state.batch:state.batch + config.grad_accum]
+            last_loss, tokens = _step(run, group)
+            state.batch += len(group)
+            state.step += 1
+            state.tokens += tokens
+            tokens_this_run += tokens
+            entry: dict[str, Any] = {"step": state.step, "loss": last_loss, "lr": run.scheduler.get_last_lr()[0]}
+            stopped_early = _validate(run, state, entry)
+            state.metrics.append(entry)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}")
+            _checkpoint(run, state, stopped_early)
+            if stopped_early:
+                break
+        if state.batch >= len(batches):
+            state.epoch, state.batch = state.epoch + 1, 0
+    return last_loss, tokens_this_run, stopped_early
+
+
 def train(
     model: Any,
     train_set: Sequence[Features],
@@ -196,115 +363,38 @@ def train(
 
     Writes ``out_dir/metrics.jsonl``, ``out_dir/loss.png`` and ``out_dir/checkpoints/``.
     With ``resume=True`` it continues from the newest complete checkpoint, if any.
+    Activation recomputation, when the config switches it on, is switched off again however the run ends.
     """
-    import torch
     from tqdm.auto import tqdm
 
     if not train_set:
         raise InputError("the training set is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dp = data_parallel()  # None in a single process
-    main = dp is None or dp.is_main
-    if dp is not None and dp.device.type != "cpu":
-        model.to(dp.device)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    bf16 = uses_bf16(config)
-    lengths = [len(f.input_ids) for f in train_set]
-    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise InputError("the model has no trainable parameters; apply a tuning method first")
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = int(config.warmup_ratio * total_steps)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    loop: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "metrics": [], "best_val": None, "bad_evals": 0, "tokens": 0}
-    resumed_from = None
-    ckpt_root = out / "checkpoints"
-    found = complete_checkpoints(ckpt_root) if resume and main else []
-    if dp is not None and resume:  # every rank resumes from the checkpoint rank 0 picked
-        newest = dp.broadcast(found[-1].name if found else None)
-        found = [ckpt_root / newest] if newest else []
-    if found:
-        loop = load_checkpoint(found[-1], model=model, optimizer=optimizer, scheduler=scheduler, rank=dp.rank if dp else 0)
-        resumed_from = loop["step"]
-        log.info("resuming from %s (step %d)", found[-1].name, loop["step"])
-    if dp is not None:
-        dp.broadcast_parameters(params)  # one starting point, whatever each rank initialised
+    run = _start(model, train_set, val_set, config, pad_id=pad_id, out=out)
+    state, resumed_from = _resume(run, resume)
     if config.recomputes_activations:
         _recompute_activations(model, True)
-    model.train()
-    started = time.perf_counter()
-    tokens_this_run = 0
-    stopped_early = False
-    last_loss = loop["metrics"][-1]["loss"] if loop["metrics"] else float("nan")
-    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training ({config.method})", unit="step", disable=not (progress and main))
-    last_step = total_steps if stop_after is None else min(total_steps, stop_after)
-    while loop["step"] < last_step and not stopped_early:
-        batches = bucketed_batches(lengths, config.batch_size, seed=config.seed, epoch=loop["epoch"])
-        while loop["batch"] < len(batches) and loop["step"] < last_step:
-            group = batches[loop["batch"]:loop["batch"] + config.grad_accum]
-            feats = [[train_set[i] for i in b] for b in group]
-            n_tokens = sum(f.answer_tokens for b in feats for f in b)
-            optimizer.zero_grad(set_to_none=True)
-            total_loss = 0.0
-            # Each rank: its rows of every batch, scaled by the tokens of the whole group, so the
-            # gradients summed over ranks are the one-process gradient.
-            for b in feats if dp is None else [[train_set[i] for i in dp.shard(b)] for b in group]:
-                if not b:  # a last batch with fewer rows than ranks
-                    continue
-                loss_sum, _ = _token_loss(model, _collate(b, pad_id), bf16)
-                (loss_sum / max(n_tokens, 1)).backward()
-                total_loss += float(loss_sum.detach())
-            if dp is not None:
-                dp.sum_gradients(params)
-                total_loss = dp.sum([total_loss])[0]
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            loop["batch"] += len(group)
-            loop["step"] += 1
-            loop["tokens"] += sum(len(f.input_ids) for b in feats for f in b)
-            tokens_this_run += sum(len(f.input_ids) for b in feats for f in b)
-            last_loss = total_loss / max(n_tokens, 1)
-            entry: dict[str, Any] = {"step": loop["step"], "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
-            if val_set and (loop["step"] % config.eval_every == 0 or loop["step"] == total_steps):
-                entry["val_loss"] = evaluate_loss(model, val_set, pad_id=pad_id, batch_size=config.batch_size, bf16=bf16)
-                if loop["best_val"] is None or entry["val_loss"] < loop["best_val"]:
-                    loop["best_val"], loop["bad_evals"] = entry["val_loss"], 0
-                else:
-                    loop["bad_evals"] += 1
-                    stopped_early = config.patience is not None and loop["bad_evals"] >= config.patience
-            loop["metrics"].append(entry)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}")
-            if loop["step"] % config.checkpoint_every == 0 or loop["step"] == total_steps or stopped_early:
-                rng = dp.gather_rng() if dp is not None else None
-                if main:
-                    save_checkpoint(ckpt_root, step=loop["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                                    loop=loop, keep=config.keep_checkpoints, rng_states=rng)
-            if stopped_early:
-                break
-        if loop["batch"] >= len(batches):
-            loop["epoch"], loop["batch"] = loop["epoch"] + 1, 0
-    bar.close()
-    if config.recomputes_activations:
-        _recompute_activations(model, False)
+    try:
+        model.train()
+        started = time.perf_counter()
+        bar = tqdm(total=run.total_steps, initial=state.step, desc=f"training ({config.method})", unit="step",
+                   disable=not (progress and run.main))
+        try:
+            last_step = run.total_steps if stop_after is None else min(run.total_steps, stop_after)
+            last_loss, tokens_this_run, stopped_early = _epochs(run, state, last_step, bar)
+        finally:
+            bar.close()
+    finally:
+        if config.recomputes_activations:
+            _recompute_activations(model, False)
     seconds = time.perf_counter() - started
-    if main:
-        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["metrics"]).encode())
-        _plot(loop["metrics"], out / "loss.png")
-    vals = [(m["step"], m["val_loss"]) for m in loop["metrics"] if "val_loss" in m]
+    if run.main:
+        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state.metrics).encode())
+        _plot(state.metrics, out / "loss.png")
+    vals = [(m["step"], m["val_loss"]) for m in state.metrics if "val_loss" in m]
     return TrainReport(
-        steps=loop["step"], train_loss=last_loss, val_losses=vals, best_val_loss=loop["best_val"], stopped_early=stopped_early,
+        steps=state.step, train_loss=last_loss, val_losses=vals, best_val_loss=state.best_val, stopped_early=stopped_early,
         resumed_from=resumed_from, tokens_per_second=tokens_this_run / seconds if seconds else 0.0, seconds=seconds,
         output_dir=str(out),
     )

@@ -8,7 +8,7 @@ from layered import Pipeline
 from layered.errors import ConfigError
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.retrieval.embedders import HashingEmbedder
-from layered.generation.routing import EmbeddingRouter, KeywordRouter
+from layered.routing import EmbeddingRouter, KeywordRouter
 from layered.tuning.config import TuneConfig
 from layered.types import Example
 

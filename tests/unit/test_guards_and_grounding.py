@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from layered.answers import build_answer as _answer
 from layered.errors import ConfigError
 from layered.generation.guards import DecodingGuard, degenerate, ends_mid_sentence
-from layered.pipeline import Pipeline, _answer
+from layered.pipeline import Pipeline
 from layered.prompts.grounding import quote_best_passage, sentence_support, split_sentences
 from layered.prompts.template import ChatPromptTemplate
 from layered.types import Chunk, Generation, Hit

@@ -1,4 +1,5 @@
-"""Adapters are a leaf under generation and tuning: the import graph says so (parsed, not grepped)."""
+"""Adapters are a leaf under generation and tuning, and routers sit beside generation, not in it:
+the import graph says so (parsed, not grepped)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ def test_adapters_import_neither_generation_nor_tuning():
 
 def test_generation_never_imports_tuning():
     assert _offenders("generation", ("layered.tuning",)) == {}
+
+
+def test_routers_live_outside_generation_and_import_neither_generation_nor_tuning():
+    # A router picks an adapter per question; it needs no generator, so it is not part of generation/.
+    assert not (ROOT / "generation" / "routing.py").exists()
+    files = _imports(ROOT)
+    routing = files["layered/routing.py"]
+    assert sorted(n for n in routing if n.startswith(("layered.generation", "layered.tuning"))) == []
+    assert {path for path, names in files.items() if path.startswith("layered/generation/") and "layered.routing" in names} == set()
 
 
 def test_the_check_sees_imports_inside_functions(tmp_path):

@@ -1,11 +1,14 @@
 """ruff and mypy, configured in pyproject.toml, run clean: a new lint or type error fails the suite.
 
 ruff covers every package; mypy covers the files that ``[tool.mypy] files`` lists (the typed core:
-errors, protocols, value types, the evaluation package, the CLI); extend that list as modules are typed.
+errors, protocols, value types, the evaluation package, the CLI, the pipeline and its helpers); extend
+that list as modules are typed. Size limits too: no function in ``layered/tuning/`` over 60 lines, and
+``pipeline.py`` and ``cli.py`` under 300 lines each (the work lives in the packages they call).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -48,3 +51,29 @@ def test_the_checks_can_fail(tmp_path):
     assert ruff.returncode == 1 and "F401" in ruff.stdout, ruff.stdout + ruff.stderr
     mypy = _run("mypy", "--config-file", config, "--cache-dir", str(tmp_path / "mypy-cache"), "layered/bad.py", cwd=tmp_path)
     assert mypy.returncode == 1 and "Incompatible return value type" in mypy.stdout, mypy.stdout + mypy.stderr
+
+
+def _long_functions(folder: Path, most: int) -> dict[str, int]:
+    """``file:function`` -> lines, for every function (methods and nested ones too) longer than ``most`` lines."""
+    found: dict[str, int] = {}
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > most:
+                    found[f"{path.name}:{node.name}"] = lines
+    return found
+
+
+def test_no_function_in_tuning_is_over_60_lines(tmp_path):
+    assert list((REPO / "layered" / "tuning").glob("*.py")), "no modules under layered/tuning"
+    assert _long_functions(REPO / "layered" / "tuning", 60) == {}
+    # The check can fail: a 61-line function is reported.
+    (tmp_path / "long.py").write_text("def f():\n" + "    x = 1\n" * 59 + "    return x\n")
+    assert _long_functions(tmp_path, 60) == {"long.py:f": 61}
+
+
+@pytest.mark.parametrize("module", ["layered/pipeline.py", "layered/cli.py"])
+def test_the_pipeline_and_the_cli_stay_under_300_lines(module):
+    lines = len((REPO / module).read_text(encoding="utf-8").splitlines())
+    assert 0 < lines < 300, f"{module} has {lines} lines; move work into the package it belongs to"

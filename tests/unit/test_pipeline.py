@@ -104,7 +104,7 @@ def test_injected_passage_is_flagged_in_the_answer(tiny_generator):
 
 
 def test_reasoning_is_kept_out_of_the_answer():
-    from layered.pipeline import _answer
+    from layered.answers import build_answer as _answer
     from layered.types import Generation, Prompt
 
     hit = Hit(chunk=Chunk(id="a#0", doc_id="a", text="Levothyroxine treats hypothyroidism."), score=1.0, rank=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from layered import Pipeline
-from layered.generation.routing import KeywordRouter
+from layered.routing import KeywordRouter
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder

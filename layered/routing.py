@@ -3,6 +3,8 @@
 A router maps a question to an adapter name (``"base"`` for the bare base model) or to
 ``None`` (the generator's default adapter). Two kinds ship: keyword rules and nearest
 labelled example in embedding space. Both are data (saved with the pipeline as JSON).
+A router needs no generator, so it sits beside ``generation/``, not in it (the pipeline
+asks it, then passes the adapter it names to the generator).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``layered`` command.
 
-    layered index PATH --out DIR       index a file or folder into a saved pipeline
+    layered index PATH --out DIR       index a file or folder into a saved pipeline (--workers N: on Ray)
     layered ask DIR "question"         answer from a saved pipeline (add --json for data)
     layered eval retrieval DATA        recall/MRR/nDCG of BM25, dense, hybrid on BEIR data
     layered tune DATA --pipeline DIR   fine-tune the generator on the prompts the pipeline serves
@@ -99,6 +99,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     _check_out(args.out)
+    embed = None
+    if args.workers or args.ray:  # embedding on Ray Data; loading, dedup and the store stay here
+        from layered.retrieval.distributed import RayEmbedding
+
+        out = Path(args.out).absolute()
+        embed = RayEmbedding(workers=args.workers, address=args.ray, checkpoint_dir=out.with_name(out.name + ".ingest"))
     loader: dict[str, Any] = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
     loader["limits"] = LoadLimits(max_file_bytes=int(args.max_file_mb * 2**20), max_document_bytes=int(args.max_document_mb * 2**20))
     # A crash between the two renames of an atomic save leaves the old folder renamed aside:
@@ -107,7 +113,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if (Path(args.out) / MANIFEST).is_file():
         pipe = _load_pipeline(args.out, args)
         docs = load_documents(args.path, **loader)
-        report = pipe.add_documents(docs, progress=not args.quiet)
+        report = pipe.add_documents(docs, progress=not args.quiet, embed=embed)
         log.info("updated %s: %s", args.out, report)
         if args.prune:
             keep = {d.id for d in docs}
@@ -116,9 +122,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     else:
         pipe = Pipeline.from_defaults(
             args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
-            hybrid=args.hybrid, progress=not args.quiet, **loader,
+            hybrid=args.hybrid, progress=not args.quiet, embed=embed, **loader,
         )
     path = pipe.save(args.out)
+    if embed is not None:
+        if embed.stats["reused"]:
+            log.info("resumed: %d chunks from the interrupted run, %d embedded now", embed.stats["reused"], embed.stats["embedded"])
+        embed.clear()  # the vectors are in the saved index now
     log.info("%d chunks indexed (%.1fs); saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
     print(path)
     return 0

@@ -165,13 +165,15 @@ class Pipeline:
         progress: bool = False,
         metadata: dict[str, Any] | None = None,
         hybrid: bool = False,
+        embed: Any = None,
         **loader_options: Any,
     ) -> "Pipeline":
         """A pipeline on the embedded defaults: MiniLM embeddings in FAISS, SmolLM2 generator.
 
         ``corpus`` (a file, a folder, or documents) is indexed now; the generator loads on
-        first use. ``hybrid=True`` fuses BM25 with dense search. ``loader_options`` go to
-        :class:`~layered.retrieval.loaders.FileLoader`.
+        first use. ``hybrid=True`` fuses BM25 with dense search. ``embed``: where the chunks are
+        embedded (e.g. :class:`~layered.retrieval.distributed.RayEmbedding`; default: this
+        process). ``loader_options`` go to :class:`~layered.retrieval.loaders.FileLoader`.
         """
         from layered.generation.transformers_generator import TransformersGenerator
         from layered.retrieval.chunkers import TokenChunker
@@ -189,7 +191,7 @@ class Pipeline:
 
                 retriever = HybridRetriever(retriever)
             docs = load_documents(corpus, **loader_options) if isinstance(corpus, (str, Path)) else list(corpus)
-            retriever.add_documents(docs, progress=progress)
+            retriever.add_documents(docs, progress=progress, **({"embed": embed} if embed is not None else {}))
         generator = TransformersGenerator(max_new_tokens=max_new_tokens)
         return cls(generator=generator, retriever=retriever, prompt=prompt, k=k, metadata=metadata)
 
@@ -200,11 +202,16 @@ class Pipeline:
                 cast(WarmUp, part).warm_up()
         return self
 
-    def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> Any:
-        """Index new or changed documents (unchanged ones are skipped); returns the retriever's report."""
+    def add_documents(self, docs: Sequence[Document], *, progress: bool = False, embed: Any = None) -> Any:
+        """Index new or changed documents (unchanged ones are skipped); returns the retriever's report.
+
+        ``embed``: where the new chunks are embedded (e.g. on Ray with
+        :class:`~layered.retrieval.distributed.RayEmbedding`); the retriever must accept it.
+        """
         if not provides(self.retriever, Indexable):
             raise ConfigError("this pipeline's retriever cannot index documents (it has no add_documents)")
-        return self.retriever.add_documents(docs, progress=progress)  # type: ignore[union-attr]
+        options = {"embed": embed} if embed is not None else {}  # retrievers written before embed= keep working
+        return self.retriever.add_documents(docs, progress=progress, **options)  # type: ignore[union-attr]
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (all their chunks) from the index; returns how many were there."""

@@ -331,6 +331,7 @@ class RayEmbedding:
             blocks = [pa.table({"batch": [b for b, _, _ in part], "rows": [rows for _, rows, _ in part],
                                 "texts": [texts for _, _, texts in part]})
                       for part in (batches[s:s + per_block] for s in range(0, len(batches), per_block))]
+            workers = min(workers, len(blocks))  # an actor with no block to take would only load the model
             total = sum(len(rows) for _, rows, _ in batches)
             log.info("embedding %d chunks on Ray with %d workers", total, workers)
             actor = _actor_class(embedder_factory(embedder), identity, max(1, int(self.cpus_per_worker)))

@@ -93,9 +93,8 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from layered.artifacts import MANIFEST, recover_interrupted_swap
-    from layered.pipeline import Pipeline
-    from layered.retrieval.loaders import LoadLimits, load_documents
+    from layered.artifacts import recover_interrupted_swap
+    from layered.retrieval.loaders import LoadLimits
 
     t = time.perf_counter()
     _check_out(args.out)
@@ -110,6 +109,28 @@ def _cmd_index(args: argparse.Namespace) -> int:
     # A crash between the two renames of an atomic save leaves the old folder renamed aside:
     # put it back before deciding whether OUT holds a pipeline, or its documents would be lost.
     recover_interrupted_swap(args.out)
+    try:
+        pipe = _index_into(args, loader, embed)
+    except KeyboardInterrupt:
+        if embed is not None and embed.checkpoint_dir is not None and embed.checkpoint_dir.is_dir():
+            log.warning("the batches embedded so far are kept in %s: run the same command again to resume", embed.checkpoint_dir)
+        raise
+    path = pipe.save(args.out)
+    if embed is not None:
+        if embed.stats["reused"]:
+            log.info("resumed: %d chunks from the interrupted run, %d embedded now", embed.stats["reused"], embed.stats["embedded"])
+        embed.clear()  # the vectors are in the saved index now
+    log.info("%d chunks indexed (%.1fs); saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
+    print(path)
+    return 0
+
+
+def _index_into(args: argparse.Namespace, loader: dict[str, Any], embed: Any) -> Any:
+    """The pipeline of ``layered index``: OUT's updated with PATH, or a new one on PATH."""
+    from layered.artifacts import MANIFEST
+    from layered.pipeline import Pipeline
+    from layered.retrieval.loaders import load_documents
+
     if (Path(args.out) / MANIFEST).is_file():
         pipe = _load_pipeline(args.out, args)
         docs = load_documents(args.path, **loader)
@@ -124,14 +145,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
             hybrid=args.hybrid, progress=not args.quiet, embed=embed, **loader,
         )
-    path = pipe.save(args.out)
-    if embed is not None:
-        if embed.stats["reused"]:
-            log.info("resumed: %d chunks from the interrupted run, %d embedded now", embed.stats["reused"], embed.stats["embedded"])
-        embed.clear()  # the vectors are in the saved index now
-    log.info("%d chunks indexed (%.1fs); saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
-    print(path)
-    return 0
+    return pipe
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:

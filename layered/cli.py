@@ -1,6 +1,6 @@
 """The ``layered`` command.
 
-    layered index PATH --out DIR       index a file or folder into a saved pipeline
+    layered index PATH --out DIR       index a file or folder into a saved pipeline (--workers N: on Ray)
     layered ask DIR "question"         answer from a saved pipeline (add --json for data)
     layered eval retrieval DATA        recall/MRR/nDCG of BM25, dense, hybrid on BEIR data
     layered tune DATA --pipeline DIR   fine-tune the generator on the prompts the pipeline serves
@@ -21,6 +21,7 @@ that does the work (in the package it belongs to), print. The workflows live the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -93,35 +94,48 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from layered.artifacts import MANIFEST, recover_interrupted_swap
-    from layered.pipeline import Pipeline
-    from layered.retrieval.loaders import LoadLimits, load_documents
+    from layered.artifacts import recover_interrupted_swap
+    from layered.retrieval.loaders import LoadLimits
 
     t = time.perf_counter()
     _check_out(args.out)
+    embed = None
+    if args.workers or args.ray:  # embedding on Ray Data; loading, dedup and the store stay here
+        from layered.retrieval.distributed import RayEmbedding
+
+        embed = RayEmbedding.beside(args.out, workers=args.workers, address=args.ray)
     loader: dict[str, Any] = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
     loader["limits"] = LoadLimits(max_file_bytes=int(args.max_file_mb * 2**20), max_document_bytes=int(args.max_document_mb * 2**20))
     # A crash between the two renames of an atomic save leaves the old folder renamed aside:
     # put it back before deciding whether OUT holds a pipeline, or its documents would be lost.
     recover_interrupted_swap(args.out)
+    with embed.resumable() if embed is not None else contextlib.nullcontext():
+        pipe = _index_into(args, loader, embed)
+        path = pipe.save(args.out)
+    log.info("%d chunks indexed (%.1fs); saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
+    print(path)
+    return 0
+
+
+def _index_into(args: argparse.Namespace, loader: dict[str, Any], embed: Any) -> Any:
+    """The pipeline of ``layered index``: OUT's updated with PATH, or a new one on PATH."""
+    from layered.artifacts import MANIFEST
+    from layered.pipeline import Pipeline
+    from layered.retrieval.loaders import load_documents
+
     if (Path(args.out) / MANIFEST).is_file():
         pipe = _load_pipeline(args.out, args)
         docs = load_documents(args.path, **loader)
-        report = pipe.add_documents(docs, progress=not args.quiet)
+        report = pipe.add_documents(docs, progress=not args.quiet, embed=embed)
         log.info("updated %s: %s", args.out, report)
         if args.prune:
             keep = {d.id for d in docs}
             gone = {c.doc_id for c in pipe.retriever.store.chunks()} - keep
             log.info("pruned %d documents no longer in %s", pipe.delete_documents(sorted(gone)), args.path)
     else:
-        pipe = Pipeline.from_defaults(
-            args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
-            hybrid=args.hybrid, progress=not args.quiet, **loader,
-        )
-    path = pipe.save(args.out)
-    log.info("%d chunks indexed (%.1fs); saved to %s", len(pipe.retriever), time.perf_counter() - t, path)
-    print(path)
-    return 0
+        pipe = Pipeline.from_defaults(args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+                                      hybrid=args.hybrid, progress=not args.quiet, embed=embed, **loader)
+    return pipe
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:

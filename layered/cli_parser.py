@@ -51,6 +51,12 @@ def _index(sub: Commands) -> None:
                     help="JSONL/CSV field(s) holding the text; repeat for several (default: auto)")
     ix.add_argument("--id-field", help="JSONL/CSV field holding a unique document id (default: auto)")
     ix.add_argument("-k", type=int, default=4, help="passages retrieved per question (default 4)")
+    ix.add_argument("--workers", type=_positive,
+                    help="embed on Ray Data with N embedding actors (local Ray on this machine unless --ray); vectors are "
+                         "kept in DIR.ingest/ until DIR is saved, so an interrupted run resumes (needs pip install 'layered[ray]')")
+    ix.add_argument("--ray", metavar="ADDRESS",
+                    help="embed on this Ray cluster (e.g. ray://head:10001 or auto; its nodes need layered installed); "
+                         "--workers defaults to the cluster's CPUs")
     ix.add_argument("--max-file-mb", type=float, default=512, help="refuse a file larger than this after decompression (default 512)")
     ix.add_argument("--max-document-mb", type=float, default=16,
                     help="refuse one document (a JSONL line, CSV row, text file, PDF page) larger than this (default 16)")

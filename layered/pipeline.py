@@ -8,9 +8,8 @@ or :meth:`Pipeline.warm_up`, never at construction. A part is checked when it is
 its slot (a :class:`~layered.protocols.Slot`): its role's protocol, and the optional
 capabilities of :mod:`layered.protocols`, recorded then and never probed per call.
 
-The pipeline composes; the work is done beside it: prompt packing in :mod:`layered.prompts.packing`,
-answers in :mod:`layered.answers`, saving and loading in :mod:`layered.persistence`, backend
-switching in :mod:`layered.generation.backends`, retrieval defaults in :mod:`layered.retrieval.defaults`.
+The pipeline composes; the work is done beside it: :mod:`layered.prompts.packing`, :mod:`layered.answers`,
+:mod:`layered.persistence`, :mod:`layered.generation.backends`, :mod:`layered.retrieval.defaults`.
 """
 
 from __future__ import annotations
@@ -86,15 +85,16 @@ class Pipeline:
     def from_defaults(
         cls, corpus: str | Path | Sequence[Document] | None = None, *, k: int = 4, chunk_size: int = CHUNK_SIZE,
         chunk_overlap: int = CHUNK_OVERLAP, max_new_tokens: int = 256, prompt: PromptTemplate | None = None, progress: bool = False,
-        metadata: dict[str, Any] | None = None, hybrid: bool = False, **loader_options: Any,
+        metadata: dict[str, Any] | None = None, hybrid: bool = False, embed: Any = None, **loader_options: Any,
     ) -> "Pipeline":
         """A pipeline on the embedded defaults: MiniLM embeddings in FAISS, SmolLM2 generator. ``corpus``
-        is indexed now (:func:`layered.retrieval.defaults.index_corpus`); the generator loads on first use."""
+        is indexed now (:func:`layered.retrieval.defaults.index_corpus`; ``embed``: where its chunks are
+        embedded, e.g. a :class:`~layered.retrieval.distributed.RayEmbedding`); the generator loads on first use."""
         from layered.generation.transformers_generator import TransformersGenerator
         from layered.retrieval.defaults import index_corpus
 
         retriever = None if corpus is None else index_corpus(
-            corpus, chunk_size=chunk_size, chunk_overlap=chunk_overlap, hybrid=hybrid, progress=progress, **loader_options)
+            corpus, chunk_size=chunk_size, chunk_overlap=chunk_overlap, hybrid=hybrid, progress=progress, embed=embed, **loader_options)
         return cls(generator=TransformersGenerator(max_new_tokens=max_new_tokens), retriever=retriever, prompt=prompt, k=k, metadata=metadata)
 
     def warm_up(self) -> "Pipeline":
@@ -104,11 +104,13 @@ class Pipeline:
                 cast(WarmUp, part).warm_up()
         return self
 
-    def add_documents(self, docs: Sequence[Document], *, progress: bool = False) -> Any:
-        """Index new or changed documents (unchanged ones are skipped); returns the retriever's report."""
+    def add_documents(self, docs: Sequence[Document], *, progress: bool = False, embed: Any = None) -> Any:
+        """Index new or changed documents (unchanged ones are skipped); returns the retriever's report.
+        ``embed``: where new chunks are embedded (e.g. a :class:`~layered.retrieval.distributed.RayEmbedding`)."""
         if not provides(self.retriever, Indexable):
             raise ConfigError("this pipeline's retriever cannot index documents (it has no add_documents)")
-        return self.retriever.add_documents(docs, progress=progress)  # type: ignore[union-attr]
+        options = {"embed": embed} if embed is not None else {}  # retrievers written before embed= keep working
+        return self.retriever.add_documents(docs, progress=progress, **options)  # type: ignore[union-attr]
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (all their chunks) from the index; returns how many were there."""

@@ -38,10 +38,11 @@ def dense_retriever(
 
 def index_corpus(
     corpus: str | Path | Sequence[Document], *, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP,
-    hybrid: bool = False, progress: bool = False, **loader_options: Any,
+    hybrid: bool = False, progress: bool = False, embed: Any = None, **loader_options: Any,
 ) -> Any:
     """The default retriever with ``corpus`` (a file, a folder, or documents) indexed;
-    ``hybrid=True`` fuses BM25 with dense search; ``loader_options`` go to
+    ``hybrid=True`` fuses BM25 with dense search; ``embed`` embeds the chunks elsewhere (e.g. a
+    :class:`~layered.retrieval.distributed.RayEmbedding`; None: this process); ``loader_options`` go to
     :class:`~layered.retrieval.loaders.FileLoader`."""
     from layered.retrieval.loaders import load_documents
 
@@ -51,5 +52,5 @@ def index_corpus(
 
         retriever = HybridRetriever(retriever)
     docs = load_documents(corpus, **loader_options) if isinstance(corpus, (str, Path)) else list(corpus)
-    retriever.add_documents(docs, progress=progress)
+    retriever.add_documents(docs, progress=progress, **({"embed": embed} if embed is not None else {}))
     return retriever

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,12 @@ def embed_in_batches(embedder: Embedder, texts: Sequence[str], *, batch_size: in
     return out
 
 
+#: How ``add_documents`` turns chunk texts into vectors: ``embed(embedder, texts, progress=...)``
+#: returns one row per text, in order. The default is :func:`embed_in_batches` (this process);
+#: :class:`layered.retrieval.distributed.RayEmbedding` embeds on a Ray cluster instead.
+EmbedFunction = Callable[..., np.ndarray]
+
+
 class DenseRetriever:
     """Vector search over chunks of the indexed documents.
 
@@ -66,7 +72,7 @@ class DenseRetriever:
     def __len__(self) -> int:
         return len(self.store)
 
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> IngestReport:
+    def add_documents(self, docs: Iterable[Document], *, progress: bool = False, embed: EmbedFunction | None = None) -> IngestReport:
         """Index ``docs`` incrementally; returns what was added, updated and skipped.
 
         A document whose id is indexed with the same content hash is skipped (not
@@ -74,6 +80,9 @@ class DenseRetriever:
         duplicates another document's is skipped. The store is only touched after chunking
         and embedding succeeded. Raises :class:`EmptyCorpusError` when there are no
         documents, or no text at all in them and in the index.
+
+        ``embed`` (an :data:`EmbedFunction`) embeds the new chunks somewhere else, e.g. on a Ray
+        cluster; the dedup, chunking and store writes stay here, so the index is the same.
         """
         docs = list(docs)
         if not docs:
@@ -107,7 +116,7 @@ class DenseRetriever:
         chunks: list[Chunk] = self.chunker.split(todo)
         if chunks:
             log.info("embedding %d chunks of %d new or changed documents", len(chunks), len(todo))
-        vectors = embed_in_batches(self.embedder, [c.text for c in chunks], progress=progress)
+        vectors = (embed or embed_in_batches)(self.embedder, [c.text for c in chunks], progress=progress)
         # Upsert: a changed (or emptied) document loses all its old chunks, even if it now has fewer.
         replaced = {d.id for d in todo} | {d.id for d in docs if not d.text.strip() and d.id in existing}
         self.store.delete(c.id for c in self.store.chunks() if c.doc_id in replaced)  # type: ignore[attr-defined]

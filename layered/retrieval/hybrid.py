@@ -70,8 +70,8 @@ class HybridRetriever:
     def __len__(self) -> int:
         return len(self.dense)
 
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> IngestReport:
-        return self.dense.add_documents(docs, progress=progress)
+    def add_documents(self, docs: Iterable[Document], *, progress: bool = False, **options: Any) -> IngestReport:
+        return self.dense.add_documents(docs, progress=progress, **options)
 
     def delete_documents(self, doc_ids: Iterable[str]) -> int:
         return self.dense.delete_documents(doc_ids)

@@ -31,8 +31,8 @@ class WrappedRetriever:
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def add_documents(self, docs: Iterable[Document], *, progress: bool = False) -> Any:
-        return self.base.add_documents(docs, progress=progress)  # type: ignore[attr-defined]
+    def add_documents(self, docs: Iterable[Document], *, progress: bool = False, **options: Any) -> Any:
+        return self.base.add_documents(docs, progress=progress, **options)  # type: ignore[attr-defined]
 
     def save(self, folder: Path) -> None:
         self.base.save(folder)  # type: ignore[attr-defined]

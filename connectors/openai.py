@@ -1,6 +1,11 @@
 """A generator for any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, TGI,
 hosted APIs, or another ``layered serve``), over ``httpx``.
 
+On vLLM serving LoRA adapters (``layered export-peft``, then ``--lora-modules NAME=FOLDER``),
+``OpenAIGenerator("BASE", adapter_naming="model", default_adapter="NAME")`` answers with
+adapter NAME by default, and a request for another adapter (a pipeline's router,
+``ask(adapter=...)``) names it as the model (``"base"``: the served base model BASE).
+
 Contract:
 
 - explicit connect and read timeouts (a stalled stream fails after ``read_timeout``);
@@ -23,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping
 
+from layered.adapters.names import BASE
 from layered.errors import ConfigError, RemoteError
 from layered.generation.common import AnswerBudget
 from layered.types import Generation, Prompt
@@ -71,8 +77,12 @@ class OpenAIGenerator:
 
     kind = "openai"
     max_new_tokens = AnswerBudget(window=None)  # validated on every assignment (the server knows its window)
-    #: Requests may name an adapter (``"<model>:<adapter>"``, as ``layered serve`` names them),
-    #: but the server holds them: none is listed or chosen here (None: the server's default).
+    #: Requests may name an adapter, but the server holds them: none is listed here.
+    #: ``adapter_naming`` says how a request names one: ``"suffix"`` asks for model
+    #: ``"<model>:<adapter>"`` (as ``layered serve`` names them), ``"model"`` asks for model
+    #: ``"<adapter>"`` (as vLLM serves ``--lora-modules NAME=PATH``; ``"base"`` is then ``model``
+    #: itself, the served base model). ``default_adapter`` answers requests naming none
+    #: (None: ``model`` as served).
     default_adapter: str | None = None
 
     def __init__(
@@ -88,12 +98,18 @@ class OpenAIGenerator:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        adapter_naming: Literal["suffix", "model"] = "suffix",
+        default_adapter: str | None = None,
     ) -> None:
         import httpx
 
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if adapter_naming not in ("suffix", "model"):
+            raise ConfigError(f"adapter_naming must be 'suffix' or 'model', got {adapter_naming!r}")
         self.model = model
+        self.adapter_naming = adapter_naming
+        self.default_adapter = default_adapter
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.max_new_tokens = max_new_tokens
@@ -128,9 +144,17 @@ class OpenAIGenerator:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _model_for(self, adapter: str | None) -> str:
+        adapter = adapter or self.default_adapter
+        if not adapter:
+            return self.model
+        if self.adapter_naming == "model":
+            return self.model if adapter == BASE else adapter
+        return f"{self.model}:{adapter}"
+
     def _body(self, prompt: Prompt, stream: bool, adapter: str | None, max_new_tokens: int | None = None) -> dict[str, Any]:
         return {
-            "model": f"{self.model}:{adapter}" if adapter else self.model, "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
+            "model": self._model_for(adapter), "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
             "max_tokens": min(max_new_tokens or self.max_new_tokens, self.max_new_tokens), "temperature": self.temperature, "stream": stream,
         }
 
@@ -166,7 +190,7 @@ class OpenAIGenerator:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def generate(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Generation:
-        """One completion; ``adapter`` asks the server for ``"<model>:<adapter>"`` (as ``layered serve`` names them);
+        """One completion; ``adapter`` asks the server for it as ``adapter_naming`` says;
         ``max_new_tokens`` lowers this request's ``max_tokens`` (it never raises it)."""
         response = self._send(self._body(prompt, stream=False, adapter=adapter, max_new_tokens=max_new_tokens), stream=False)
         try:
@@ -218,14 +242,16 @@ class OpenAIGenerator:
         return {
             "kind": self.kind, "model": self.model, "base_url": self.base_url, "api_key_env": self.api_key_env,
             "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-            "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
+            "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout, "adapter_naming": self.adapter_naming,
+            "default_adapter": self.default_adapter,
             "retry": {"max_retries": self.retry.max_retries, "base_delay": self.retry.base_delay,
                       "max_delay": self.retry.max_delay, "jitter": self.retry.jitter},
         }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "OpenAIGenerator":
-        options = {k: config[k] for k in ("base_url", "api_key_env", "max_new_tokens", "temperature", "connect_timeout", "read_timeout") if k in config}
+        options = {k: config[k] for k in ("base_url", "api_key_env", "max_new_tokens", "temperature", "connect_timeout", "read_timeout",
+                                             "adapter_naming", "default_adapter") if k in config}
         retry = RetryPolicy(**config["retry"]) if config.get("retry") else None
         return cls(config["model"], retry=retry, **options)
 

@@ -8,6 +8,7 @@
     layered compare medical            prompt-only vs few-shot vs RAG vs RAG+adapter, measured
     layered demo medical               the medical assistant: MedQuAD, shipped adapter, llama.cpp
     layered demo support               the support assistant: manuals, guidelines, routed policy adapter
+    layered export-peft medical --out DIR   adapters as PEFT folders + the base as an HF folder, for vLLM
 
 Answers go to stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a
 layered error (one line on stderr), 2 bad usage, 130 interrupted.
@@ -272,10 +273,40 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_peft(args: argparse.Namespace) -> int:
+    import shlex
+
+    from layered.adapters.export import export_for_serving, generator_adapters
+    from layered.pipeline import Pipeline
+    from layered.pipelines.shipped import ROOT, ShippedAdapter
+
+    adapters: dict[str, tuple[Any, dict[str, Any]]] = {}
+    bases: set[str] = set()
+    for source in args.sources:
+        if not Path(source).exists() and (ROOT / source).is_dir():  # a shipped adapter, checked against its manifest
+            shipped = ShippedAdapter.named(source).verify()
+            found: dict[str, tuple[Any, dict[str, Any]]] = {source: (shipped.weights, shipped.config())}
+            bases.add(str(shipped.report()["base_model"]))
+        else:
+            generator = Pipeline.load(source).generator
+            found = generator_adapters(generator, args.adapters)
+            bases.add(str(getattr(generator, "model_name", "")))
+        for name in found:
+            if name in adapters:
+                raise layered.errors.InputError(f"two sources have an adapter named {name!r}; export them separately")
+        adapters.update(found)
+    if len(bases) > 1:
+        raise layered.errors.InputError(f"the adapters are for different base models ({', '.join(sorted(bases))}); export them separately")
+    exported = export_for_serving(adapters, bases.pop(), args.out, base_folder=args.base_folder)
+    log.info("exported %s and the base %s to %s", ", ".join(exported.adapters), exported.base, exported.folder)
+    print("vllm serve " + shlex.join(exported.vllm_args(args.served_name)))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "tune": _cmd_tune, "tune-retriever": _cmd_tune_retriever,
     "serve": _cmd_serve, "demo": _cmd_demo,
-    "compare": _cmd_compare,
+    "compare": _cmd_compare, "export-peft": _cmd_export_peft,
 }
 
 

@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     _serve(sub)
     _compare(sub)
     _demo(sub)
+    _export_peft(sub)
     return p
 
 
@@ -192,6 +193,22 @@ def _demo(sub: Commands) -> None:
     demo.add_argument("--audience", choices=["patient", "clinician"], default="patient", help="medical: who the answers are for (default patient)")
     demo.add_argument("--backend", choices=BACKENDS, default="llamacpp",
                       help="generator backend (default llamacpp: same weights and adapters, ~4x faster on CPU)")
+
+
+def _export_peft(sub: Commands) -> None:
+    exp = sub.add_parser("export-peft", help="export LoRA adapters as PEFT folders (and the base model) for vLLM",
+                         description="Write the LoRA adapters of SOURCE(s) as PEFT folders (OUT/adapters/NAME: adapter_config.json + "
+                                     "adapter_model.safetensors) and the base model as a Hugging Face folder (OUT/base), then print "
+                                     "the vLLM launch that serves them (--enable-lora --lora-modules NAME=FOLDER). Point a pipeline "
+                                     "at it with the OpenAI generator, the adapter's name as the model.")
+    exp.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="a shipped adapter ('medical', 'support') or a saved pipeline folder (all its adapters); several share one base")
+    exp.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    exp.add_argument("--adapter", action="append", dest="adapters", metavar="NAME",
+                     help="from a pipeline folder: export only this adapter (repeatable)")
+    exp.add_argument("--base-folder", metavar="DIR",
+                     help="reuse this Hugging Face folder of the same base (e.g. an earlier export's base) instead of writing one")
+    exp.add_argument("--served-name", default="base", help="the name vLLM serves the bare base model under (default base)")
 
 
 def _integer(value: str, what: str) -> int:

@@ -7,7 +7,8 @@
 - :mod:`~layered.adapters.methods`: one small module per method, all behind ``apply_method``;
 - :mod:`~layered.adapters.runtime`: install, select and serve named adapters on one base model,
   read and write their weights;
-- :mod:`~layered.adapters.export`: a PEFT LoRA as a llama.cpp GGUF LoRA adapter.
+- :mod:`~layered.adapters.export`: a PEFT LoRA as a llama.cpp GGUF LoRA adapter, or as a PEFT
+  folder (with the base as a Hugging Face folder) for vLLM.
 
 Generation and tuning both depend on this package; it depends on neither. Importing it stays
 light (torch, PEFT and gguf load inside the functions that need them).

@@ -14,7 +14,7 @@ import pytest
 
 from layered import Pipeline
 from layered.connectors.openai import OpenAIGenerator, RetryPolicy, parse_retry_after
-from layered.errors import RemoteError
+from layered.errors import ConfigError, RemoteError
 from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Message, Prompt
 
@@ -191,3 +191,17 @@ def test_the_api_key_comes_from_the_environment_and_never_shows(monkeypatch):
 def test_retry_after_accepts_seconds_and_http_dates():
     assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+
+
+def test_adapters_are_named_as_the_server_serves_them():
+    """``suffix``: ``layered serve``'s ``model:adapter``; ``model``: vLLM's ``--lora-modules NAME=...``
+    (the adapter is the model, ``base`` is the served base), with a default adapter; saved and reloaded."""
+    layered_serve = OpenAIGenerator("layered", api_key_env=None)
+    assert [layered_serve._body(PROMPT, False, a)["model"] for a in (None, "medical")] == ["layered", "layered:medical"]
+    vllm = OpenAIGenerator("base", api_key_env=None, adapter_naming="model", default_adapter="medical")
+    assert [vllm._body(PROMPT, False, a)["model"] for a in (None, "support", "base")] == ["medical", "support", "base"]
+    again = OpenAIGenerator.from_config(vllm.config())
+    assert (again.adapter_naming, again.default_adapter, again._body(PROMPT, False, None)["model"]) == ("model", "medical", "medical")
+    assert Pipeline(generator=vllm)._adapter_kwargs("q", "support") == {"adapter": "support"}  # the pipeline routes to it
+    with pytest.raises(ConfigError, match="adapter_naming"):
+        OpenAIGenerator("base", adapter_naming="colon")  # type: ignore[arg-type]

@@ -213,15 +213,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune_retriever(args: argparse.Namespace) -> int:
-    from layered.evaluation.retrieval import load_beir
-    from layered.retrieval.finetune import RetrieverTuneConfig, pairs_from_qrels, read_pairs
+    from layered.retrieval.finetune import RetrieverTuneConfig, read_pairs
 
-    data = Path(args.data)
-    if data.is_dir():
-        beir = load_beir(data, split=args.split)
-        pairs = pairs_from_qrels(beir.queries, beir.qrels)
-    else:
-        pairs = read_pairs(data)
+    pairs = read_pairs(args.data, split=args.split)
     config = RetrieverTuneConfig(seed=args.seed, keep=args.keep, **({"epochs": args.epochs} if args.epochs else {}))
     pipe = _load_pipeline(args.pipeline, args)
     report = pipe.fit_retriever(pairs, config=config, progress=not args.quiet)
@@ -234,19 +228,13 @@ def _cmd_tune_retriever(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from layered.generation.backends import set_llamacpp_options
     from layered.serving.server import PipelineServer, ServeOptions
 
     pipe = _load_pipeline(args.dir, args)
     if args.backend:
         pipe = pipe.serve_with(args.backend)
-    if args.parallel is not None:
-        if getattr(pipe.generator, "kind", None) != "llamacpp":
-            raise layered.errors.ConfigError("--parallel sets the llama.cpp backend's batch; add --backend llamacpp")
-        pipe.generator.parallel = args.parallel  # read when the model loads, below
-    if args.ignore_eos:
-        if getattr(pipe.generator, "kind", None) != "llamacpp":
-            raise layered.errors.ConfigError("--ignore-eos is a llama.cpp backend option; add --backend llamacpp")
-        pipe.generator.ignore_eos = True
+    set_llamacpp_options(pipe.generator, parallel=args.parallel, ignore_eos=args.ignore_eos)  # read when the model loads
     pipe.warm_up()
     options = ServeOptions(model_name=args.name, max_body_bytes=args.max_body, max_queue=args.max_queue,
                            user_header=args.user_header, groups_header=args.groups_header)
@@ -276,28 +264,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_export_peft(args: argparse.Namespace) -> int:
     import shlex
 
-    from layered.adapters.export import export_for_serving, generator_adapters
-    from layered.pipeline import Pipeline
-    from layered.pipelines.shipped import ROOT, ShippedAdapter
+    from layered.serving.vllm import export_sources
 
-    adapters: dict[str, tuple[Any, dict[str, Any]]] = {}
-    bases: set[str] = set()
-    for source in args.sources:
-        if not Path(source).exists() and (ROOT / source).is_dir():  # a shipped adapter, checked against its manifest
-            shipped = ShippedAdapter.named(source).verify()
-            found: dict[str, tuple[Any, dict[str, Any]]] = {source: (shipped.weights, shipped.config())}
-            bases.add(str(shipped.report()["base_model"]))
-        else:
-            generator = Pipeline.load(source).generator
-            found = generator_adapters(generator, args.adapters)
-            bases.add(str(getattr(generator, "model_name", "")))
-        for name in found:
-            if name in adapters:
-                raise layered.errors.InputError(f"two sources have an adapter named {name!r}; export them separately")
-        adapters.update(found)
-    if len(bases) > 1:
-        raise layered.errors.InputError(f"the adapters are for different base models ({', '.join(sorted(bases))}); export them separately")
-    exported = export_for_serving(adapters, bases.pop(), args.out, base_folder=args.base_folder)
+    exported = export_sources(args.sources, args.out, adapters=args.adapters, base_folder=args.base_folder)
     log.info("exported %s and the base %s to %s", ", ".join(exported.adapters), exported.base, exported.folder)
     print("vllm serve " + shlex.join(exported.vllm_args(args.served_name)))
     return 0
@@ -305,8 +274,7 @@ def _cmd_export_peft(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "index": _cmd_index, "ask": _cmd_ask, "eval": _cmd_eval, "tune": _cmd_tune, "tune-retriever": _cmd_tune_retriever,
-    "serve": _cmd_serve, "demo": _cmd_demo,
-    "compare": _cmd_compare, "export-peft": _cmd_export_peft,
+    "serve": _cmd_serve, "demo": _cmd_demo, "compare": _cmd_compare, "export-peft": _cmd_export_peft,
 }
 
 

@@ -29,3 +29,15 @@ def switch(generator: Generator, backend: str, **options: Any) -> Generator:
     from layered.generation.llamacpp_generator import LlamaCppGenerator
 
     return LlamaCppGenerator.from_generator(generator, **options)
+
+
+def set_llamacpp_options(generator: Any, *, parallel: int | None = None, ignore_eos: bool = False) -> None:
+    """``layered serve``'s llama.cpp-only options, set before the model loads: ``parallel``
+    sequences decoded together, ``ignore_eos`` (load tests with a fixed answer length)."""
+    wanted = [name for name, value in (("--parallel", parallel is not None), ("--ignore-eos", ignore_eos)) if value]
+    if wanted and getattr(generator, "kind", None) != "llamacpp":
+        raise ConfigError(f"{wanted[0]} is a llama.cpp backend option; add --backend llamacpp")
+    if parallel is not None:
+        generator.parallel = parallel
+    if ignore_eos:
+        generator.ignore_eos = True

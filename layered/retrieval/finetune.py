@@ -142,9 +142,15 @@ def pairs_from_titles(documents: Iterable[Document], *, key: str = "title") -> l
     return [Pair(str(d.metadata[key]), d.id, d.id) for d in documents if str(d.metadata.get(key, "")).strip()]
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
-    """Pairs from a JSONL file of ``{"query": ..., "doc_id": ..., "group"?: ...}`` lines."""
+def read_pairs(path: str | Path, *, split: str = "train") -> list[Pair]:
+    """Pairs from a JSONL file of ``{"query": ..., "doc_id": ..., "group"?: ...}`` lines, or from
+    a BEIR folder's relevance judgements of ``split`` (:func:`pairs_from_qrels`)."""
     path = Path(path)
+    if path.is_dir():
+        from layered.evaluation.retrieval import load_beir
+
+        beir = load_beir(path, split=split)
+        return pairs_from_qrels(beir.queries, beir.qrels)
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     out = []

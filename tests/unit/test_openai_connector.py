@@ -202,6 +202,8 @@ def test_adapters_are_named_as_the_server_serves_them():
     assert [vllm._body(PROMPT, False, a)["model"] for a in (None, "support", "base")] == ["medical", "support", "base"]
     again = OpenAIGenerator.from_config(vllm.config())
     assert (again.adapter_naming, again.default_adapter, again._body(PROMPT, False, None)["model"]) == ("model", "medical", "medical")
-    assert Pipeline(generator=vllm)._adapter_kwargs("q", "support") == {"adapter": "support"}  # the pipeline routes to it
+    turn = Pipeline(generator=vllm)._turn(lambda: [Message("user", "q")], k=None, filters=None, user=None, adapter="support",
+                                          max_new_tokens=None, variables={})
+    assert turn.adapter == {"adapter": "support"}  # the pipeline routes to it
     with pytest.raises(ConfigError, match="adapter_naming"):
         OpenAIGenerator("base", adapter_naming="colon")  # type: ignore[arg-type]

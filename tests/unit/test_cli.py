@@ -74,3 +74,17 @@ def test_max_new_tokens_is_checked_by_the_generator(capsys, tmp_path, tiny_gener
     layered.Pipeline(generator=tiny_generator).save(tmp_path / "p")
     assert "must exceed max_new_tokens (1024)" in _one_line_error(capsys, ["-q", "ask", str(tmp_path / "p"), "q", "--max-new-tokens", "1024"])
     assert "at least 1, got 0" in _one_line_error(capsys, ["-q", "ask", str(tmp_path / "p"), "q", "--max-new-tokens", "0"])
+
+
+def test_llamacpp_only_serve_options_are_refused_for_another_backend(tiny_generator):
+    from layered.errors import ConfigError
+    from layered.generation.backends import set_llamacpp_options
+    from layered.generation.llamacpp_generator import LlamaCppGenerator
+
+    for options, flag in (({"parallel": 4}, "--parallel"), ({"ignore_eos": True}, "--ignore-eos")):
+        with pytest.raises(ConfigError, match=f"{flag} is a llama.cpp backend option"):
+            set_llamacpp_options(tiny_generator, **options)
+    set_llamacpp_options(tiny_generator)  # nothing asked: nothing to refuse
+    served = LlamaCppGenerator(parallel=1)  # loads nothing until first use
+    set_llamacpp_options(served, parallel=4, ignore_eos=True)
+    assert (served.parallel, served.ignore_eos) == (4, True)

@@ -16,6 +16,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from layered.errors import ModelNotAvailableError
 
@@ -94,3 +95,69 @@ def force_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def cached_folder(source: Path, kind: str, build: Callable[[Path], None]) -> Path | None:
+    """The folder ``build`` derives from model file ``source``, made once under :func:`cache_dir`.
+
+    Keyed by the source's name, size and modification time, so a changed file is derived again.
+    ``build(tmp)`` writes into a fresh folder that is renamed into place whole (a reader sees no
+    folder or a complete one; two processes racing both build, one keeps its copy). Returns None
+    when the cache cannot be written: the caller then reads ``source`` itself.
+    """
+    import shutil
+    import tempfile
+
+    stat = source.stat()
+    folder = cache_dir() / "gguf" / f"{source.stem}.{stat.st_size}-{stat.st_mtime_ns}.{kind}"
+    if (folder / ".complete").is_file():
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=folder.parent))
+    except OSError:
+        return None
+    try:
+        build(tmp)
+        (tmp / ".complete").touch()
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    return folder if (folder / ".complete").is_file() else None
+
+
+def save_dequantized(gguf: Path, out: Path) -> None:
+    """Write a GGUF model as a Hugging Face folder: float32 safetensors dequantised by
+    transformers (bit-identical to loading the GGUF with ``gguf_file=``), its config, generation
+    config, tokenizer and chat template."""
+    force_offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    # A model loaded from GGUF carries its quantisation config and transformers refuses to save
+    # it: rebuild the same architecture without it and copy the (dequantised) weights across.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    plain.generation_config = gguf_model.generation_config
+    plain.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def transformers_folder(path: Path) -> Path:
+    """A folder transformers loads fast for model ``path``: a folder as it is; a GGUF file as its
+    dequantised copy cached by :func:`cached_folder` (transformers re-reads and dequantises a GGUF
+    on every load: ~25 s for SmolLM2-135M here, the cached folder ~1 s; the copy takes ~1 GB of
+    disk for 135M parameters in float32). The GGUF's own path when the cache is unwritable."""
+    if path.is_dir():
+        return path
+    return cached_folder(path, "hf", lambda tmp: save_dequantized(path, tmp)) or path

@@ -169,24 +169,8 @@ def export_base_model(model: str, out: str | Path) -> Path:
     path = models.resolve(model)
     if path.is_dir():
         return path
-    models.force_offline()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs: dict[str, Any] = {"gguf_file": path.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
-    # A model loaded from GGUF carries its quantisation config and transformers refuses to save
-    # it: rebuild the same architecture without it and copy the (dequantised) weights across.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain.generation_config = gguf_model.generation_config
     out = Path(out)
-    plain.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    models.save_dequantized(path, out)
     return out
 
 

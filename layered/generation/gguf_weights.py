@@ -67,24 +67,12 @@ def gguf_tokenizer(path: Path) -> object:
     """The transformers tokenizer stored in a GGUF file (with its chat template), cached as a
     tokenizer folder beside the widened weights: reading it from the GGUF takes ~5 s for a
     49k-token vocabulary, the cached folder ~0.1 s. Same token ids either way (tested)."""
-    import shutil
-    import tempfile
-
     from transformers import AutoTokenizer
 
-    stat = path.stat()
-    folder = models.cache_dir() / "gguf" / f"{path.stem}.{stat.st_size}-{stat.st_mtime_ns}.tokenizer"
-    if (folder / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=folder.parent))
-        tokenizer.save_pretrained(str(tmp))
-        try:
-            tmp.rename(folder)  # atomic: a reader sees no folder or a whole one
-        except OSError:  # another process cached it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
-        pass  # an unwritable cache only costs the next start its ~5 s
-    return tokenizer
+    def build(tmp: Path) -> None:
+        AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True).save_pretrained(str(tmp))
+
+    folder = models.cached_folder(path, "tokenizer", build)
+    if folder is None:  # an unwritable cache only costs each start its ~5 s
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -91,10 +91,11 @@ class TransformersGenerator:
 
                 path = models.resolve(self.model_name)
                 kwargs: dict[str, Any] = {"local_files_only": True}
-                if path.is_file():  # a GGUF file: transformers dequantises it
-                    folder, kwargs["gguf_file"] = str(path.parent), path.name
+                source = models.transformers_folder(path)  # a GGUF: its dequantised copy, made once
+                if source.is_file():  # the cache is unwritable: transformers dequantises the GGUF itself
+                    folder, kwargs["gguf_file"] = str(source.parent), source.name
                 else:
-                    folder = str(path)
+                    folder = str(source)
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
                     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, self.dtype), **kwargs)

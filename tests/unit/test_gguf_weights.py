@@ -76,3 +76,31 @@ def test_the_gguf_tokenizer_is_cached_and_gives_the_same_token_ids(cache, smol_t
     ids = [t.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
            for t in (smol_tokenizer, first, again)]
     assert ids[0] == ids[1] == ids[2] and len(ids[0]) > 20
+
+
+def test_transformers_loads_the_gguf_from_a_dequantised_folder_made_once(tmp_path, monkeypatch):
+    """The session's own cache (shared with the tests after this one, which then load in ~1 s)."""
+    import gguf
+    from gguf.quants import dequantize
+    from safetensors.numpy import load_file
+
+    source = models.DEFAULT_GENERATOR.path()
+    folder = models.transformers_folder(source)
+    assert folder.is_dir() and folder.parent == models.cache_dir() / "gguf" and (folder / "tokenizer.json").is_file()
+    stored = load_file(str(folder / "model.safetensors"))
+    tensors = {t.name: t for t in gguf.GGUFReader(str(source)).tensors}
+    # Tensors transformers does not permute: the saved float32 values are the GGUF's dequantised ones.
+    for gguf_name, hf_name in (("blk.7.ffn_down.weight", "model.layers.7.mlp.down_proj.weight"),
+                               ("token_embd.weight", "model.embed_tokens.weight")):
+        t = tensors[gguf_name]
+        exact = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(stored[hf_name].shape)
+        assert stored[hf_name].dtype == np.float32 and np.array_equal(stored[hf_name], exact)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert models.transformers_folder(source) == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert models.transformers_folder(folder) == folder  # a folder is loaded as it is
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("LAYERED_CACHE", str(blocker))
+    assert models.transformers_folder(source) == source  # unwritable cache: transformers reads the GGUF itself
+    assert blocker.read_text() == ""

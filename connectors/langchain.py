@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Generator, Iterator, Mapping, Sequence
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
@@ -111,7 +111,8 @@ class PipelineRunnable(Runnable[Any, Any]):
             except BaseException as e:  # handed to the consumer below
                 send("error", e)
             finally:
-                pieces.close()
+                if isinstance(pieces, Generator):
+                    pieces.close()
 
         threading.Thread(target=produce, name="layered-astream", daemon=True).start()
         try:
@@ -160,7 +161,7 @@ class LangChainRetriever:
         self.retriever = retriever
 
     def retrieve(self, query: str, *, k: int, filters: Mapping[str, Any] | None = None) -> list[Hit]:
-        hits = []
+        hits: list[Hit] = []
         for rank, lc_doc in enumerate(self.retriever.invoke(query)):
             doc = from_langchain_document(lc_doc)
             if not matches(doc.metadata, filters):
@@ -180,8 +181,10 @@ class LayeredEmbeddings(Embeddings):
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
 
-    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:  # type: ignore[override]
-        return self.embedder.embed(list(texts)).tolist()
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors: list[list[float]] = self.embedder.embed(list(texts)).tolist()
+        return vectors
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embedder.embed([text])[0].tolist()
+        vector: list[float] = self.embedder.embed([text])[0].tolist()
+        return vector

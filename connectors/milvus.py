@@ -28,7 +28,7 @@ import re
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from layered.retrieval.filters import ContainsAny
 from layered.retrieval.stores.validation import checked_vectors
 from layered.types import Chunk, Hit
 
+T = TypeVar("T")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_ID = 512
 FINGERPRINT = "milvus.json"
@@ -184,7 +185,7 @@ class MilvusStore:
                 raise ConfigError(f"collection {self.collection!r} in {self.uri} holds {dims[0]}-d vectors, not {self.dim}-d")
         self._client.load_collection(self.collection, timeout=setup)
 
-    def _call(self, what: str, call: Any) -> Any:
+    def _call(self, what: str, call: Callable[[], T]) -> T:
         """Run one client call; a connection that stays down past the client's retries becomes one line."""
         from pymilvus.exceptions import MilvusException
 

@@ -122,7 +122,7 @@ def verify_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     recover_interrupted_swap(folder)
     if not folder.is_dir():
         raise ArtifactError(f"{folder} is not a saved folder (it does not exist)")
-    manifest = read_json(folder / MANIFEST)
+    manifest: dict[str, Any] = read_json(folder / MANIFEST)
     listed = _checked_listing(folder, manifest)
     links = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink()]
     if links:  # a link can point anywhere: a saved folder is plain files only

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from layered.errors import ConfigError
@@ -73,7 +73,7 @@ def origin(url: str) -> str:
     return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
-def _allowed(trust: Trust) -> bool | set[str]:
+def _allowed(trust: Trust) -> Literal[True] | set[str]:
     if trust is True:
         return True
     urls = [trust] if isinstance(trust, str) else list(trust or [])

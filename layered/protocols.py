@@ -54,7 +54,16 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """Stores chunks with their vectors; search returns hits best first."""
+    """Stores chunks with their vectors; search returns hits best first.
+
+    ``version`` grows on every change (what BM25 over the same chunks rebuilds on), ``chunks()``
+    lists what is stored, ``len()`` counts it."""
+
+    version: int
+
+    def __len__(self) -> int: ...
+
+    def chunks(self) -> list[Chunk]: ...
 
     def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None: ...
 

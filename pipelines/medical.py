@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from layered.artifacts import sha256_file
 from layered.errors import ArtifactError
 from layered.pipeline import Pipeline
+from layered.protocols import AdapterHost
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.data import Splits
 from layered.types import Example
@@ -108,7 +109,7 @@ def load_or_build(
         try:
             # The prompt is this library's current one; only the index is reused from the cache.
             cached = Pipeline.load(cache, prompt=MEDICAL_PROMPT)
-            if cached.metadata.get("corpus_sha256") == digest and not cached.generator.adapters:
+            if cached.metadata.get("corpus_sha256") == digest and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
                 pipe = cached.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K)
             else:
                 log.info("the cached index was built from another corpus; rebuilding")

@@ -75,7 +75,8 @@ class ShippedAdapter:
         return TuneConfig(**self.recipe()).model_dump()
 
     def report(self) -> dict[str, Any]:
-        return json.loads((self.folder / "report.json").read_text(encoding="utf-8"))
+        report: dict[str, Any] = json.loads((self.folder / "report.json").read_text(encoding="utf-8"))
+        return report
 
     def install(self, generator: Any, name: str, *, default: bool = True) -> None:
         """Verify the folder and add its weights to a transformers generator as adapter ``name``."""

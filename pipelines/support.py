@@ -27,6 +27,7 @@ from layered.artifacts import sha256_file
 from layered.errors import ArtifactError
 from layered.routing import KeywordRouter
 from layered.pipeline import Pipeline
+from layered.protocols import AdapterHost
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.data import Splits
 from layered.types import Answer, Document
@@ -51,7 +52,7 @@ ROUTER = KeywordRouter({"policy": [
 ]}, default="base")
 SCOPES = {"policy": "policy", "base": "product"}
 
-DEMO_QUESTIONS = (
+DEMO_QUESTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("What is the warranty on the TrailMaster X4 Tent?", {}),
     ("I want to cancel my order {{Order Number}}, how do I do it?", {"Order Number": "4417"}),
     ("How do I get a refund for a damaged backpack?", {}),
@@ -161,7 +162,7 @@ def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False,
     if cache.exists() and not rebuild:
         try:
             cached = Pipeline.load(cache)
-            if cached.metadata.get("bitext_sha256") == sha256_file(BITEXT) and not cached.generator.adapters:
+            if cached.metadata.get("bitext_sha256") == sha256_file(BITEXT) and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
                 pipe = cached
             else:
                 log.info("the cached support pipeline is out of date; rebuilding")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from layered.artifacts import atomic_path
 from layered.errors import ConfigError
@@ -228,7 +228,7 @@ def export_for_serving(adapters: Mapping[str, tuple[Mapping[str, Any] | str | Pa
     return result
 
 
-def generator_adapters(generator: Any, names: list[str] | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
+def generator_adapters(generator: Any, names: Sequence[str] | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
     """The LoRA adapters of a (transformers) ``generator`` as :func:`export_for_serving` takes
     them: ``names`` (default: all), each its saved weights file while it is not loaded yet,
     else its weights read from the model."""

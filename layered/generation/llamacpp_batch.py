@@ -40,7 +40,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 from layered.errors import GenerationError, ModelNotAvailableError
 
@@ -125,7 +125,7 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def tokens(self) -> Iterator[int]:
+    def tokens(self) -> Generator[int, None, None]:
         """The generated token ids, blocking for each; closing the iterator cancels the job."""
         try:
             while True:

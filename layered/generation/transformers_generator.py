@@ -98,7 +98,7 @@ class TransformersGenerator:
                     folder = str(source)
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-                    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, self.dtype), **kwargs)
+                    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, self.dtype), **kwargs)
                 except (OSError, ValueError, ImportError) as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ModelNotAvailableError(f"could not load the generator from {path}: {first}") from e
@@ -264,7 +264,7 @@ class TransformersGenerator:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         class Stop(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # a bool per row
                 run.new_tokens = int(input_ids.shape[-1]) - run.prompt_tokens
                 return torch.full((input_ids.shape[0],), run.stopped, dtype=torch.bool, device=input_ids.device)
 

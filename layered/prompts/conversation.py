@@ -27,10 +27,10 @@ things follow from it, all used alike by :meth:`layered.Pipeline.chat` and by ``
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from layered.errors import ContextOverflowError, InputError
-from layered.types import Example, Hit, Message, Prompt
+from layered.types import Example, Hit, Message, Prompt, Role
 
 ROLES = ("system", "user", "assistant")
 QUERY_METHODS = ("last", "append", "resolve", "condense")
@@ -68,16 +68,18 @@ def checked_messages(messages: Any) -> tuple[Message, ...]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InputError("'messages' must be a non-empty list of {role, content} objects")
     out = []
+    role: str
+    content: Any
     for n, message in enumerate(messages):
         if isinstance(message, Message):
             role, content = message.role, message.content
         elif isinstance(message, dict) and isinstance(message.get("role"), str):
-            role, content = message["role"], message.get("content")
+            role, content = str(message["role"]), message.get("content")
         else:
             raise InputError("every message needs a 'role' (a string) and a 'content'")
         if role not in ROLES:
             raise InputError(f"message {n}: role {role[:30]!r} is not one of {', '.join(ROLES)}")
-        out.append(Message(role, text_of(content)))
+        out.append(Message(cast(Role, role), text_of(content)))
     spoken = [m for m in out if m.role != "system"]
     if not any(m.role == "user" for m in spoken):
         raise InputError("the request has no user message")
@@ -243,6 +245,7 @@ def example_from_messages(messages: Any, *, variables: Any = None, metadata: Any
     if not isinstance(messages, (list, tuple)) or len(messages) < 2:
         raise InputError("a chat example needs 'messages': the chat, ending with the assistant's answer")
     *chat, last = messages
+    role: object
     if isinstance(last, Message):
         role, answer = last.role, last.content
     elif isinstance(last, dict):

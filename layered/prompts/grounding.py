@@ -149,7 +149,7 @@ def sentence_support(text: str, context: Sequence[Hit], *, threshold: float = SU
         shares = [len(words & p) / len(words) for p in passages]
         best = max(range(len(shares)), key=shares.__getitem__) if shares else None
         score = shares[best] if best is not None else 0.0
-        out.append(SentenceSupport(sentence, score >= threshold, round(score, 3), None if not score else best + 1))
+        out.append(SentenceSupport(sentence, score >= threshold, round(score, 3), None if not score or best is None else best + 1))
     return out
 
 

@@ -92,7 +92,7 @@ class DenseRetriever:
             if d.id in ids:
                 raise InputError(f"document id {d.id!r} appears twice; ids must be unique (pick another id_field)")
             ids.add(d.id)
-        existing = indexed_documents(self.store.chunks())  # type: ignore[attr-defined]
+        existing = indexed_documents(self.store.chunks())
         hashes = set(existing.values())
         todo: list[Document] = []
         counts = {"added": 0, "updated": 0, "unchanged": 0, "duplicates": 0, "empty": 0}
@@ -119,7 +119,7 @@ class DenseRetriever:
         vectors = (embed or embed_in_batches)(self.embedder, [c.text for c in chunks], progress=progress)
         # Upsert: a changed (or emptied) document loses all its old chunks, even if it now has fewer.
         replaced = {d.id for d in todo} | {d.id for d in docs if not d.text.strip() and d.id in existing}
-        self.store.delete(c.id for c in self.store.chunks() if c.doc_id in replaced)  # type: ignore[attr-defined]
+        self.store.delete(c.id for c in self.store.chunks() if c.doc_id in replaced)
         if chunks:
             self.store.add(chunks, vectors)
         return IngestReport(**counts, chunks_embedded=len(chunks))
@@ -127,7 +127,7 @@ class DenseRetriever:
     def delete_documents(self, doc_ids: Iterable[str]) -> int:
         """Remove every chunk of these documents; returns how many documents were indexed."""
         wanted = set(doc_ids)
-        chunks = [c for c in self.store.chunks() if c.doc_id in wanted]  # type: ignore[attr-defined]
+        chunks = [c for c in self.store.chunks() if c.doc_id in wanted]
         self.store.delete(c.id for c in chunks)
         return len({c.doc_id for c in chunks})
 
@@ -140,7 +140,7 @@ class DenseRetriever:
         empty_like = getattr(self.store, "empty_like", None)
         if empty_like is None:
             raise ConfigError(f"a {type(self.store).__name__} cannot be re-embedded here (it has no empty_like()); re-index the corpus")
-        chunks = list(self.store.chunks())  # type: ignore[attr-defined]
+        chunks = list(self.store.chunks())
         store = empty_like(embedder.dim)
         if chunks:
             store.add(chunks, embed_in_batches(embedder, [c.text for c in chunks], progress=progress))

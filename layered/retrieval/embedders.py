@@ -14,7 +14,7 @@ import shutil
 import threading
 from pathlib import Path
 from functools import cached_property
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -22,11 +22,14 @@ from layered import models
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.retrieval.tokenizers import HFTokenizer, RegexTokenizer
 
+if TYPE_CHECKING:
+    from layered.retrieval.onnx_embed import OnnxEncoder
+
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 #: ``auto``: bf16 autocast where the CPU has native bf16, else fp32; ``int8``: ONNX Runtime with
@@ -74,14 +77,14 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._st: Any = None
-        self._onnx: Any = None
+        self._onnx: OnnxEncoder | None = None
 
     @cached_property
     def path(self):  # type: ignore[no-untyped-def]
         return models.resolve(self.model)
 
     @cached_property
-    def dim(self) -> int:  # type: ignore[override]
+    def dim(self) -> int:
         # Read from the pooling config so that indexing code can size a store without torch.
         pooling = self.path / "1_Pooling" / "config.json"
         if pooling.is_file():
@@ -121,7 +124,7 @@ class SentenceTransformerEmbedder:
                     raise ModelNotAvailableError(f"could not load the embedder from {self.path}: {first}") from e
             return self._st
 
-    def _int8(self) -> Any:
+    def _int8(self) -> "OnnxEncoder":
         """The ONNX Runtime encoder; the int8 file is exported once per set of weights and cached."""
         if self._onnx is None:
             from layered.retrieval.onnx_embed import OnnxEncoder, cached_file, export_int8, pooling_of

@@ -23,7 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence, cast
 
 from layered.errors import DocumentLoadError, SourceNotFoundError
 from layered.jsonl import parse_record
@@ -161,7 +161,7 @@ class FileLoader:
             ) from None
 
     def _open(self, path: Path) -> IO[bytes]:
-        return gzip.open(path, "rb") if _suffix(path) == GZIP_SUFFIX else open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb")) if _suffix(path) == GZIP_SUFFIX else open(path, "rb")
 
     def _lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
         """``(number, line)`` of a (possibly gzipped) file, read as a stream within the limits.

@@ -136,4 +136,5 @@ class OnnxEncoder:
             feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
             hidden = self.session.run(None, {name: feed[name] for name in self.inputs})[0][0]
             out[row] = hidden[0] if self.pooling == "cls" else hidden.mean(axis=0)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit

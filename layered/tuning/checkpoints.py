@@ -54,7 +54,7 @@ def save_checkpoint(
         save_file(tensors or {"_empty": torch.zeros(1)}, str(folder / "optimizer.safetensors"))
         ranks = {f"torch_rng.{r}": state for r, state in enumerate(rng_states or []) if r > 0}
         save_file({"torch_rng": torch.get_rng_state(), **ranks}, str(folder / "rng.safetensors"))
-        np_state = np.random.get_state()
+        np_state: Any = np.random.get_state()  # the legacy tuple
         atomic_write_json(folder / "state.json", {
             "step": step, "loop": loop, "optimizer": meta, "scheduler": scheduler.state_dict(),
             "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],

@@ -62,7 +62,7 @@ class DataParallel:
 
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return t.tolist()
+        return [float(v) for v in t.tolist()]
 
     def sum_gradients(self, params: Sequence[Any]) -> None:
         """Sum the gradients of ``params`` over all ranks, in place (a missing gradient counts as zero)."""
@@ -74,7 +74,8 @@ class DataParallel:
                 p.grad = torch.zeros_like(p)
         start = 0
         while start < len(params):
-            bucket, n = [], 0
+            bucket: list[Any] = []
+            n = 0
             while start < len(params) and (not bucket or n + params[start].numel() <= BUCKET):
                 bucket.append(params[start])
                 n += params[start].numel()

@@ -127,7 +127,7 @@ def evaluate_loss(model: Any, features: Sequence[Features], *, pad_id: int, batc
 
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    total, tokens = 0.0, 0.0
     dp = data_parallel()
     starts = list(range(0, len(features), batch_size))
     with torch.no_grad():

@@ -13,7 +13,8 @@ def peft_config(config: AdapterConfig) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        # PEFT annotates lora_alpha as int but scales by alpha / r in floating point: a float alpha is used as given.
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,  # type: ignore[arg-type]
         target_modules=list(config.target_modules), use_dora=config.dora, task_type="CAUSAL_LM",
     )
 

@@ -128,15 +128,16 @@ class FaissStore:
                 return []
             selector = faiss.IDSelectorBatch(allowed)
             want = min(k, int(allowed.size))
-        scores = ids = None
+        found: tuple[np.ndarray, np.ndarray] | None = None
         if self.uses_hnsw:
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, want))
-            scores, ids = self._graph().search(query, want, params=params)
-            if int((ids[0] >= 0).sum()) < want:  # a restrictive filter starved the graph walk
-                scores = ids = None
-        if scores is None:
+            found = self._graph().search(query, want, params=params)
+            if int((found[1][0] >= 0).sum()) < want:  # a restrictive filter starved the graph walk
+                found = None
+        if found is None:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
-            scores, ids = self._index.search(query, want, params=params)
+            found = self._index.search(query, want, params=params)
+        scores, ids = found
         hits = [
             Hit(chunk=self._chunks[int(i)], score=float(s), rank=0)
             for s, i in zip(scores[0], ids[0]) if i >= 0

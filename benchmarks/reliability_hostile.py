@@ -21,9 +21,9 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ["tests/unit/test_server_hostile.py", "tests/unit/test_saved_folders_hostile.py",
-         "tests/unit/test_injection_hostile.py", "tests/unit/test_loaders_hostile.py", "tests/unit/test_hostile_properties.py"]
-EXAMPLES = 60  # hypothesis examples per property (tests/unit/test_hostile_properties.py FUZZ)
+FILES = ["tests/serving/test_server_hostile.py", "tests/core/test_saved_folders_hostile.py",
+         "tests/prompts/test_injection_hostile.py", "tests/retrieval/test_loaders_hostile.py", "tests/core/test_hostile_properties.py"]
+EXAMPLES = 60  # hypothesis examples per property (tests/core/test_hostile_properties.py FUZZ)
 
 # (area, threat, anchor, test-name fragments)
 THREATS = [

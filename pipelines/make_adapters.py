@@ -6,7 +6,7 @@ For each assistant: build (or reuse) its base pipeline, derive the training exam
 its bundled data, write ``recipe.toml`` + ``train.jsonl`` into ``data/adapters/NAME/``, train
 exactly as ``layered tune data/adapters/NAME/recipe.toml --pipeline NAME --out DIR`` does,
 then write the weights, ``metrics.jsonl``, ``loss.png``, ``report.json`` and the sha256
-manifest. The slow test ``tests/integration/test_shipped_adapters.py`` checks that the
+manifest. The slow test ``tests/pipelines/test_assistants.py`` checks that the
 recipe's first steps reproduce the recorded losses.
 """
 

@@ -1,7 +1,7 @@
 """Distributed ingestion without a cluster: the batch checkpoint, the batching, the missing-Ray error.
 
 The real runs (a local Ray with 2 actors, equal to the single-process index, resumed after an
-interruption) are in tests/integration/test_ray_ingestion.py.
+interruption) are in tests/retrieval/test_ray_ingestion.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Any, overload
 
 from layered import models
 from layered.errors import ConfigError, ContextOverflowError
+from layered.generation.guards import DecodingGuard
 from layered.prompts.injection import control_tokens, defuse_control_tokens
 from layered.types import Prompt
 
@@ -73,3 +74,38 @@ def check_saveable(model_name: str) -> None:
     """A saved pipeline must name its model in a way that loads again: packaged, or a local path."""
     if model_name not in models.PACKAGED and not Path(model_name).exists():
         raise ConfigError(f"generator model {model_name!r} is not a packaged model or a local path; it cannot be saved")
+
+
+#: The decoding settings every local generator takes, saves under these config keys and reads back.
+DECODING_KEYS = ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "seed", "loop_ngram", "whole_sentences")
+
+
+class LocalDecoding:
+    """What the local generators (transformers, llama.cpp) share: the model they name, an
+    answer budget checked against the window on every assignment, the decoding settings, and
+    the loop and length guard applied to every answer (``loop_ngram=None``: no loop check;
+    ``whole_sentences=False``: stream raw pieces and keep a cut answer's last words)."""
+
+    kind: str
+    max_new_tokens = AnswerBudget()  # validated against context_window on every assignment
+
+    def _set_decoding(self, model: str, *, max_new_tokens: int, context_window: int, temperature: float,
+                      repetition_penalty: float, seed: int, loop_ngram: int | None, whole_sentences: bool) -> None:
+        check_budget(max_new_tokens, context_window)
+        self.model_name = model
+        self.context_window = context_window
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.repetition_penalty = repetition_penalty
+        self.seed = seed
+        self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
+
+    def _decoding_config(self) -> dict[str, Any]:
+        """The shared part of ``config()``: kind, model and :data:`DECODING_KEYS` (refuses a model that cannot be saved)."""
+        check_saveable(self.model_name)
+        return {
+            "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
+            "context_window": self.context_window, "temperature": self.temperature,
+            "repetition_penalty": self.repetition_penalty, "seed": self.seed,
+            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences,
+        }

@@ -32,7 +32,7 @@ from layered import models
 from layered.adapters import DEFAULT, runtime
 from layered.artifacts import sha256_file
 from layered.errors import ConfigError, ModelNotAvailableError
-from layered.generation.common import AnswerBudget, chat_messages, check_budget, check_fits, check_saveable
+from layered.generation.common import DECODING_KEYS, LocalDecoding, chat_messages, check_fits
 from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
 from layered.generation.llamacpp_batch import BatchEngine, Job, Sampling
@@ -43,7 +43,7 @@ DEFAULT_NAME = DEFAULT
 PRECISIONS = ("f16", "native")
 
 
-class LlamaCppGenerator:
+class LlamaCppGenerator(LocalDecoding):
     """Chat generation with llama.cpp on CPU; same prompt contract as the transformers generator.
 
     ``repetition_penalty`` is llama.cpp's: it applies to the last 64 tokens (prompt included),
@@ -57,7 +57,6 @@ class LlamaCppGenerator:
     """
 
     kind = "llamacpp"
-    max_new_tokens = AnswerBudget()  # validated against context_window on every assignment
 
     def __init__(
         self,
@@ -82,7 +81,6 @@ class LlamaCppGenerator:
         parallel: int = 8,
         ignore_eos: bool = False,
     ) -> None:
-        check_budget(max_new_tokens, context_window)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
@@ -95,14 +93,10 @@ class LlamaCppGenerator:
             default_adapter = DEFAULT_NAME
         if default_adapter is not None and default_adapter not in named:
             raise ConfigError(f"default_adapter {default_adapter!r} is not one of the adapters ({', '.join(named) or 'none'})")
-        self.model_name = model
-        self.context_window = context_window
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        self._set_decoding(model, max_new_tokens=max_new_tokens, context_window=context_window, temperature=temperature,
+                           repetition_penalty=repetition_penalty, seed=seed, loop_ngram=loop_ngram, whole_sentences=whole_sentences)
         self.top_p = top_p
-        self.repetition_penalty = repetition_penalty
         self.stop = list(stop)
-        self.seed = seed
         self.threads = threads
         #: GGUF LoRA adapters by name; one context switches between them per request.
         self.loras: dict[str, Path] = {name: Path(file) for name, file in named.items()}
@@ -110,9 +104,6 @@ class LlamaCppGenerator:
         self.lora_scale = lora_scale
         self.flash_attn = flash_attn
         self.precision = precision
-        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check;
-        #: ``whole_sentences=False``: stream raw pieces and keep a cut answer's last words).
-        self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
         #: Requests decoded together at most (KV cache slots); more wait for a free slot.
         self.parallel = parallel
         #: Every answer runs to its ``max_new_tokens`` past end-of-generation tokens and loops
@@ -285,14 +276,10 @@ class LlamaCppGenerator:
     # -- config ------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        check_saveable(self.model_name)
         return {
-            "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
-            "context_window": self.context_window, "temperature": self.temperature, "top_p": self.top_p,
-            "repetition_penalty": self.repetition_penalty, "stop": self.stop, "seed": self.seed,
+            **self._decoding_config(), "top_p": self.top_p, "stop": self.stop,
             "loras": {name: f"{name}.gguf" for name in self.loras}, "default_adapter": self.default_adapter,
-            "lora_scale": self.lora_scale, "flash_attn": self.flash_attn, "precision": self.precision,
-            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences, "parallel": self.parallel,
+            "lora_scale": self.lora_scale, "flash_attn": self.flash_attn, "precision": self.precision, "parallel": self.parallel,
         }
 
     def save(self, folder: Path) -> None:
@@ -304,10 +291,8 @@ class LlamaCppGenerator:
 
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "LlamaCppGenerator":
-        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "top_p", "repetition_penalty",
-                                          "stop", "seed", "lora_scale", "flash_attn", "precision", "loop_ngram", "default_adapter",
-                                          "whole_sentences", "parallel")
-                   if k in config}
+        options = {k: config[k] for k in (*DECODING_KEYS, "top_p", "stop", "lora_scale", "flash_attn", "precision", "default_adapter",
+                                          "parallel") if k in config}
         loras = {name: _inside(folder, file) for name, file in (config.get("loras") or {}).items()}
         if config.get("lora"):  # format of layered <= 0.1.0 saves: one adapter
             loras[DEFAULT_NAME] = folder / "generator" / LORA_FILE

@@ -17,15 +17,14 @@ from layered import models
 from layered.adapters import DEFAULT, runtime
 from layered.adapters.config import AdapterConfig
 from layered.errors import ConfigError, ModelNotAvailableError
-from layered.generation.common import AnswerBudget, chat_messages, check_budget, check_fits, check_saveable
-from layered.generation.guards import DecodingGuard
+from layered.generation.common import DECODING_KEYS, LocalDecoding, chat_messages, check_fits
 from layered.types import Generation, Prompt
 
 
 ADAPTER_DIR = "adapters"
 
 
-class TransformersGenerator:
+class TransformersGenerator(LocalDecoding):
     """Chat generation with a transformers model on CPU (or a GPU when asked).
 
     ``context_window`` caps prompt + answer tokens (at most the model's own limit); a prompt
@@ -34,7 +33,6 @@ class TransformersGenerator:
     """
 
     kind = "transformers"
-    max_new_tokens = AnswerBudget()  # validated against context_window on every assignment
 
     def __init__(
         self,
@@ -50,15 +48,10 @@ class TransformersGenerator:
         loop_ngram: int | None = 4,
         whole_sentences: bool = True,
     ) -> None:
-        check_budget(max_new_tokens, context_window)
-        self.model_name = model
-        self.context_window = context_window
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.repetition_penalty = repetition_penalty
+        self._set_decoding(model, max_new_tokens=max_new_tokens, context_window=context_window, temperature=temperature,
+                           repetition_penalty=repetition_penalty, seed=seed, loop_ngram=loop_ngram, whole_sentences=whole_sentences)
         self.device = device
         self.dtype = dtype
-        self.seed = seed
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()
@@ -69,9 +62,6 @@ class TransformersGenerator:
         #: Saved adapter weights to install when the model loads (set by :meth:`load`).
         self._pending: dict[str, Path] = {}
         self.merged = False
-        #: Loop and length guard applied to every answer (``loop_ngram=None``: no loop check;
-        #: ``whole_sentences=False``: stream raw pieces and keep a cut answer's last words).
-        self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
 
     @classmethod
     def from_objects(cls, model: Any, tokenizer: Any, *, name: str = "in-memory", **options: Any) -> "TransformersGenerator":
@@ -310,13 +300,7 @@ class TransformersGenerator:
     def config(self) -> dict[str, Any]:
         if self.merged:
             raise ConfigError("a generator with a merged adapter cannot be saved as a config; save before merging")
-        check_saveable(self.model_name)
-        cfg: dict[str, Any] = {
-            "kind": self.kind, "model": self.model_name, "max_new_tokens": self.max_new_tokens,
-            "context_window": self.context_window, "temperature": self.temperature,
-            "repetition_penalty": self.repetition_penalty, "dtype": self.dtype, "seed": self.seed,
-            "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences,
-        }
+        cfg = {**self._decoding_config(), "dtype": self.dtype}
         if self.model_name in models.PACKAGED:
             cfg["package_version"] = models.PACKAGED[self.model_name].version()
         if self.adapters:
@@ -341,8 +325,7 @@ class TransformersGenerator:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TransformersGenerator":
-        options = {k: config[k] for k in ("max_new_tokens", "context_window", "temperature", "repetition_penalty", "dtype", "seed",
-                                          "loop_ngram", "whole_sentences") if k in config}
+        options = {k: config[k] for k in (*DECODING_KEYS, "dtype") if k in config}
         return cls(config["model"], **options)
 
     @classmethod

@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from layered.errors import ModelNotAvailableError
 
@@ -88,6 +89,20 @@ def cache_dir() -> Path:
     ``$LAYERED_CACHE``, else ``$XDG_CACHE_HOME/layered``, else ``~/.cache/layered``."""
     root = os.environ.get("LAYERED_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layered"
     return Path(root)
+
+
+@contextmanager
+def loading(what: str, path: Path, errors: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError)) -> Iterator[None]:
+    """Load a model offline: Hugging Face libraries never try the network, and a failure of
+    ``errors`` becomes one :class:`ModelNotAvailableError` line naming ``what`` and ``path``."""
+    force_offline()
+    try:
+        yield
+    except ModelNotAvailableError:
+        raise
+    except errors as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailableError(f"could not load {what} from {path}: {first}") from e
 
 
 def force_offline() -> None:

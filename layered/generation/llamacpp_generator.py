@@ -31,7 +31,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 from layered import models
 from layered.adapters import DEFAULT, runtime
 from layered.artifacts import sha256_file
-from layered.errors import ConfigError, ModelNotAvailableError
+from layered.errors import ConfigError
 from layered.generation.common import DECODING_KEYS, LocalDecoding, chat_messages, check_fits
 from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
@@ -151,19 +151,13 @@ class LlamaCppGenerator(LocalDecoding):
         """The batching engine over the model and every adapter, loaded once."""
         with self._lock:
             if self._engine is None:
-                models.force_offline()
                 path = models.resolve(self.model_name)
-                try:
+                with models.loading("the llama.cpp model", path, (OSError, ValueError, ImportError, RuntimeError)):
                     weights = widened(path) if self.precision == "f16" else path
                     self._engine = BatchEngine(
                         weights, slots=self.parallel, window=self.context_window, threads=self.threads or os.cpu_count() or 1,
                         flash_attn=self.flash_attn, loras=self.loras, lora_scale=self.lora_scale,
                     )
-                except ModelNotAvailableError:
-                    raise
-                except (OSError, ValueError, ImportError, RuntimeError) as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise ModelNotAvailableError(f"llama.cpp could not load {path}: {first}") from e
             return self._engine
 
     def warm_up(self) -> None:

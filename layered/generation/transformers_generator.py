@@ -16,7 +16,7 @@ from typing import Any, Iterator, Literal, Mapping
 from layered import models
 from layered.adapters import DEFAULT, runtime
 from layered.adapters.config import AdapterConfig
-from layered.errors import ConfigError, ModelNotAvailableError
+from layered.errors import ConfigError
 from layered.generation.common import DECODING_KEYS, LocalDecoding, chat_messages, check_fits
 from layered.types import Generation, Prompt
 
@@ -75,23 +75,19 @@ class TransformersGenerator(LocalDecoding):
     def _load(self) -> tuple[Any, Any]:
         with self._lock:
             if self._model is None:
-                models.force_offline()
-                import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
                 path = models.resolve(self.model_name)
-                kwargs: dict[str, Any] = {"local_files_only": True}
-                source = models.transformers_folder(path)  # a GGUF: its dequantised copy, made once
-                if source.is_file():  # the cache is unwritable: transformers dequantises the GGUF itself
-                    folder, kwargs["gguf_file"] = str(source.parent), source.name
-                else:
-                    folder = str(source)
-                try:
+                with models.loading("the generator", path):
+                    import torch
+                    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                    kwargs: dict[str, Any] = {"local_files_only": True}
+                    source = models.transformers_folder(path)  # a GGUF: its dequantised copy, made once
+                    if source.is_file():  # the cache is unwritable: transformers dequantises the GGUF itself
+                        folder, kwargs["gguf_file"] = str(source.parent), source.name
+                    else:
+                        folder = str(source)
                     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
                     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, self.dtype), **kwargs)
-                except (OSError, ValueError, ImportError) as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise ModelNotAvailableError(f"could not load the generator from {path}: {first}") from e
                 self._tokenizer = tokenizer
                 self._model = model.to(self.device or "cpu").eval()
                 pending, self._pending = self._pending, {}

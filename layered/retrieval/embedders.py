@@ -112,16 +112,12 @@ class SentenceTransformerEmbedder:
     def _model(self) -> Any:
         with self._lock:
             if self._st is None:
-                models.force_offline()
-                from sentence_transformers import SentenceTransformer
+                with models.loading("the embedder", self.path):
+                    from sentence_transformers import SentenceTransformer
 
-                try:
                     self._st = SentenceTransformer(str(self.path), device=self.device or "cpu", local_files_only=True)
                     if self.max_seq_length is not None:
                         self._st.max_seq_length = self.max_seq_length
-                except (OSError, ValueError, ImportError) as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise ModelNotAvailableError(f"could not load the embedder from {self.path}: {first}") from e
             return self._st
 
     def _int8(self) -> "OnnxEncoder":

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from layered import models, registry
-from layered.errors import ConfigError, ModelNotAvailableError
+from layered.errors import ConfigError
 from layered.protocols import Filters, Reranker, Retriever
 from layered.retrieval.wrapped import WrappedRetriever
 from layered.types import Hit
@@ -33,14 +33,11 @@ class CrossEncoderReranker:
     def _load(self) -> Any:
         with self._lock:
             if self._ce is None:
-                models.force_offline()
                 path = models.resolve(self.model)
-                from sentence_transformers import CrossEncoder
+                with models.loading("the cross-encoder", path):
+                    from sentence_transformers import CrossEncoder
 
-                try:
                     self._ce = CrossEncoder(str(path), device="cpu", max_length=self.max_length, local_files_only=True)
-                except (OSError, ValueError) as e:
-                    raise ModelNotAvailableError(f"could not load the cross-encoder from {path}: {str(e).splitlines()[0]}") from e
             return self._ce
 
     def warm_up(self) -> None:

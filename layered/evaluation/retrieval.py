@@ -23,6 +23,10 @@ from layered.types import Document
 Qrels = Mapping[str, Mapping[str, int]]
 log = logging.getLogger(__name__)
 
+#: Chunks for BEIR corpora: 250 tokens, 40 shared, the setting every retrieval number in
+#: README and benchmarks/results was measured with (the library default is TokenChunker's).
+BEIR_CHUNK_SIZE, BEIR_CHUNK_OVERLAP = 250, 40
+
 
 @dataclass(frozen=True)
 class BeirData:
@@ -127,20 +131,16 @@ def build_retrievers(
     docs: Sequence[Document],
     *,
     embedder: object | None = None,
-    chunk_size: int = 250,
-    chunk_overlap: int = 40,
+    chunk_size: int = BEIR_CHUNK_SIZE,
+    chunk_overlap: int = BEIR_CHUNK_OVERLAP,
     progress: bool = False,
 ) -> dict[str, Retriever]:
-    """Dense, BM25 and hybrid retrievers over one index of ``docs`` (embedded once)."""
-    from layered.retrieval.chunkers import TokenChunker
-    from layered.retrieval.dense import DenseRetriever
-    from layered.retrieval.embedders import SentenceTransformerEmbedder
+    """Dense, BM25 and hybrid retrievers over one index of ``docs`` (embedded once), wired as
+    :func:`layered.retrieval.defaults.dense_retriever` wires every dense retriever."""
+    from layered.retrieval.defaults import dense_retriever
     from layered.retrieval.hybrid import HybridRetriever
 
-    emb = embedder if embedder is not None else SentenceTransformerEmbedder()
-    tok = getattr(emb, "tokenizer", None)
-    chunker = TokenChunker(size=chunk_size, overlap=chunk_overlap, **({"tokenizer": tok()} if callable(tok) else {}))
-    dense = DenseRetriever(embedder=emb, chunker=chunker)  # type: ignore[arg-type]
+    dense = dense_retriever(embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     dense.add_documents(docs, progress=progress)
     hybrid = HybridRetriever(dense)
     return {"bm25": hybrid.bm25, "dense": dense, "hybrid": hybrid}

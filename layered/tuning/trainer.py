@@ -122,17 +122,22 @@ def _token_loss(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[Any, int
 
 
 def evaluate_loss(model: Any, features: Sequence[Features], *, pad_id: int, batch_size: int = 8, bf16: bool = False) -> float:
-    """Mean answer-token loss over ``features`` (no gradients); data-parallel ranks each take a share of the batches."""
+    """Mean answer-token loss over ``features`` (no gradients); data-parallel ranks each take a share of the batches.
+
+    Batches are cut from the features sorted by length, so little of each batch is padding;
+    the mean is a sum over answer tokens, so the order does not change it (beyond float rounding).
+    """
     import torch
 
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0.0
     dp = data_parallel()
-    starts = list(range(0, len(features), batch_size))
+    ordered = sorted(features, key=lambda f: len(f.input_ids))
+    starts = list(range(0, len(ordered), batch_size))
     with torch.no_grad():
         for start in starts if dp is None else dp.shard(starts):
-            loss, n = _token_loss(model, _collate(features[start:start + batch_size], pad_id), bf16)
+            loss, n = _token_loss(model, _collate(ordered[start:start + batch_size], pad_id), bf16)
             total, tokens = total + float(loss), tokens + n
     if dp is not None:
         total, tokens = dp.sum([total, tokens])

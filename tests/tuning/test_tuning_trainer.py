@@ -149,3 +149,24 @@ def test_gradient_checkpointing_trains_the_same_lora(tmp_path, tiny_model_dir, s
         assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # off again for serving
         losses[recompute] = (report.train_loss, report.val_losses[-1][1])
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_validation_loss_is_the_token_mean_whatever_the_order_and_batching(tiny_model_dir, smol_tokenizer):
+    """evaluate_loss batches length-sorted features: the mean answer-token loss is the one of
+    each example scored alone, and shuffling the input changes nothing."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from layered.tuning import trainer
+    from layered.tuning.formatting import Features
+
+    rows = arithmetic_rows(smol_tokenizer, 24)
+    rows = [[ids + ids[:i % 7], labels + [IGNORE] * (i % 7)] for i, (ids, labels) in enumerate(rows)]  # uneven lengths
+    feats = [Features(input_ids=r[0], labels=r[1]) for r in rows]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    alone = sum(trainer.evaluate_loss(model, [f], pad_id=0) * f.answer_tokens for f in feats) / sum(f.answer_tokens for f in feats)
+    shuffled = feats[:]
+    random.Random(0).shuffle(shuffled)
+    batched = [trainer.evaluate_loss(model, f, pad_id=0, batch_size=5) for f in (feats, shuffled)]
+    assert batched[0] == pytest.approx(alone, rel=1e-5) and batched[1] == pytest.approx(alone, rel=1e-5)

@@ -7,10 +7,17 @@ one only when it is asked for.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
-from layered.errors import ConfigError
+from layered.errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    from layered.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 BUNDLED = ("medical", "support")
 
@@ -28,3 +35,25 @@ def cache_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     from layered.models import cache_dir as shared
 
     return Path(cache_dir) if cache_dir else shared() / f"demo-{name}"
+
+
+def cached_pipeline(cache: Path, *, key: str, digest: str, build: Callable[[], "Pipeline"], rebuild: bool = False,
+                    **load_options: Any) -> tuple["Pipeline", bool]:
+    """The pipeline saved in ``cache`` when it loads intact, carries no adapter (adapters come
+    from the package, never the cache) and its ``metadata[key]`` is ``digest`` (the hash of what
+    it was built from); else ``build()``, saved to ``cache`` atomically. Returns ``(pipeline, reused)``."""
+    from layered.pipeline import Pipeline
+    from layered.protocols import AdapterHost
+
+    if cache.exists() and not rebuild:
+        try:
+            cached = Pipeline.load(cache, **load_options)
+        except ArtifactError as e:
+            log.warning("ignoring the cached pipeline in %s (%s); rebuilding", cache, e)
+        else:
+            if cached.metadata.get(key) == digest and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
+                return cached, True
+            log.info("the cached pipeline in %s was built from other data; rebuilding", cache)
+    pipe = build()
+    pipe.save(cache)
+    return pipe, False

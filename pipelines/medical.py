@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from layered.artifacts import sha256_file
-from layered.errors import ArtifactError
 from layered.pipeline import Pipeline
-from layered.protocols import AdapterHost
+from layered.pipelines import cached_pipeline
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.data import Splits
 from layered.types import Example
@@ -103,22 +102,11 @@ def load_or_build(
     Returns ``(pipeline, reused)``. With ``adapter`` the shipped adapter is installed (from
     the package, never from the cache).
     """
-    digest = sha256_file(corpus)
-    pipe = None
-    if not rebuild and cache.exists():
-        try:
-            # The prompt is this library's current one; only the index is reused from the cache.
-            cached = Pipeline.load(cache, prompt=MEDICAL_PROMPT)
-            if cached.metadata.get("corpus_sha256") == digest and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
-                pipe = cached.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K)
-            else:
-                log.info("the cached index was built from another corpus; rebuilding")
-        except ArtifactError as e:
-            log.warning("ignoring the cached index in %s: %s", cache, e)
-    reused = pipe is not None
-    if pipe is None:
-        pipe = build_base(corpus, progress=progress)
-        pipe.save(cache)
+    # The prompt is this library's current one; only the index is reused from the cache.
+    pipe, reused = cached_pipeline(cache, key="corpus_sha256", digest=sha256_file(corpus), rebuild=rebuild,
+                                   build=lambda: build_base(corpus, progress=progress), prompt=MEDICAL_PROMPT)
+    if reused:
+        pipe = pipe.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K)
     return (with_adapter(pipe) if adapter else pipe), reused
 
 

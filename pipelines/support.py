@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layered.artifacts import sha256_file
-from layered.errors import ArtifactError
 from layered.routing import KeywordRouter
 from layered.pipeline import Pipeline
-from layered.protocols import AdapterHost
+from layered.pipelines import cached_pipeline
 from layered.prompts.template import ChatPromptTemplate
 from layered.tuning.data import Splits
 from layered.types import Answer, Document
@@ -158,18 +157,6 @@ def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False,
 
     With ``adapter`` the shipped ``policy`` adapter is installed (from the package, never the cache).
     """
-    pipe = None
-    if cache.exists() and not rebuild:
-        try:
-            cached = Pipeline.load(cache)
-            if cached.metadata.get("bitext_sha256") == sha256_file(BITEXT) and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
-                pipe = cached
-            else:
-                log.info("the cached support pipeline is out of date; rebuilding")
-        except ArtifactError as e:
-            log.warning("the cached support pipeline is unusable (%s); rebuilding", e)
-    reused = pipe is not None
-    if pipe is None:
-        pipe = build(progress=progress)
-        pipe.save(cache)
+    pipe, reused = cached_pipeline(cache, key="bitext_sha256", digest=sha256_file(BITEXT), rebuild=rebuild,
+                                   build=lambda: build(progress=progress))
     return (with_adapter(pipe) if adapter else pipe), reused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 from pathlib import Path
 
@@ -31,3 +32,14 @@ def write_beir(folder: Path, docs: list[Document], *, n_docs: int, step: int) ->
     qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i].id}\t1\n" for i in picked)
     (folder / "qrels_train.tsv").write_text(qrels, encoding="utf-8")
     return len(queries)
+
+
+def request(srv, method, path, body=None, headers=None, raw=None):
+    """One HTTP exchange with a running PipelineServer ``srv``: ``(status, headers, body bytes)``."""
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers=headers or {})
+    resp = conn.getresponse()
+    payload = resp.read()
+    conn.close()
+    return resp.status, resp.headers, payload  # case-insensitive, as HTTP headers are

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
@@ -13,6 +12,7 @@ from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.retrieval.filters import User
 from layered.types import Document
+from tests.helpers import request
 
 
 @pytest.fixture
@@ -23,15 +23,6 @@ def pipe(tiny_generator, docs):
     retriever.add_documents([*docs[:10], secret])
     return Pipeline(generator=tiny_generator, retriever=retriever, k=3)
 
-
-def request(srv, method, path, body=None, headers=None, raw=None):
-    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    conn.request(method, path, body=data, headers=headers or {})
-    resp = conn.getresponse()
-    payload = resp.read()
-    conn.close()
-    return resp.status, resp.headers, payload  # case-insensitive, as HTTP headers are
 
 
 def test_ask_and_chat_completions_return_the_pipelines_answer(server, pipe):

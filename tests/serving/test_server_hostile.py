@@ -3,7 +3,6 @@ client input, abandoned streams (issue 18, items 1-4)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
@@ -17,6 +16,7 @@ from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Document
+from tests.helpers import request
 
 SECRET = "Staff-only note about the thyroid drug trial schedule."
 
@@ -100,15 +100,6 @@ def test_negative_duplicate_and_non_numeric_content_length_are_refused(server, f
     assert statuses(raw) and 400 <= statuses(raw)[0] < 500, raw[:300]
     assert len(statuses(raw)) == 1 and time.monotonic() - t < 8  # answered and closed, not read to the end
 
-
-def request(srv, method, path, body=None, headers=None, raw=None):
-    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    conn.request(method, path, body=data, headers=headers or {})
-    resp = conn.getresponse()
-    payload = resp.read()
-    conn.close()
-    return resp.status, resp.headers, payload  # case-insensitive, as HTTP headers are
 
 
 CHAT = "/v1/chat/completions"

@@ -1,6 +1,7 @@
 """Training throughput: layered's trainer vs a plain transformers Trainer + PEFT LoRA, one script.
 
     .venv/bin/python benchmarks/training_throughput.py [--steps 12] [--batch 8] [--examples 96] [--checkpointing on|off]
+        [--recipe support] [--tuned-only] [--eval 32]
 
 Same model (SmolLM2-135M from the packaged GGUF), same LoRA config, same Bitext examples
 formatted the same way, same batch size and number of optimizer steps, the same gradient
@@ -9,6 +10,11 @@ checkpointing setting on every row (layered's default for LoRA: on). Throughput 
 model. Rows: the Trainer as configured before (fp32, random batches), the *well-configured*
 Trainer (``bf16=True``, ``train_sampling_strategy="group_by_length"``, transformers 5's name for
 ``group_by_length=True``), layered fp32 and layered with bf16 autocast (length-bucketed batches).
+
+``--recipe support`` trains on what the shipped ``policy`` adapter trains on instead: its
+recipe's examples formatted by the support assistant with retrieved passages (RAG prompts of
+several hundred tokens with a short answer: the workload ``Pipeline.fit`` serves), with the
+assistant's own prompt; ``--tuned-only`` keeps the two bf16 rows (the anchor and layered).
 
 Model FLOP utilisation: 6 x parameters x real tokens/s (the usual training-FLOPs convention)
 over this CPU's measured matmul peak in the row's precision (best of a few 2048x2048 matmuls,
@@ -112,13 +118,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--examples", type=int, default=96)
     ap.add_argument("--checkpointing", choices=["on", "off"], default="on")
+    ap.add_argument("--recipe", choices=["support"], help="train on a shipped adapter's RAG-formatted recipe examples")
+    ap.add_argument("--tuned-only", action="store_true", help="only the bf16 rows (the well-configured Trainer and layered)")
+    ap.add_argument("--eval", type=int, default=32, help="training examples the loss after is measured on (default 32)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     checkpointing = args.checkpointing == "on"
-    examples = load_examples(DATA)[: args.examples]
-    gen = TransformersGenerator(max_new_tokens=8)
+    if args.recipe:
+        from layered.pipelines import support
+        from layered.pipelines.shipped import ShippedAdapter
+        from layered.tuning.fit import read_recipe, recipe_examples
+
+        pipe, _ = support.load_or_build(BASE / "support-index", adapter=False)
+        examples = recipe_examples(read_recipe(ShippedAdapter.named(args.recipe).folder / "recipe.toml")[1])[: args.examples]
+        gen = pipe.generator
+    else:
+        examples = load_examples(DATA)[: args.examples]
+        gen = TransformersGenerator(max_new_tokens=8)
+        pipe = Pipeline(generator=gen, prompt=PROMPT)
     _WEIGHTS.update(config=gen.model.config, state={k: v.clone() for k, v in gen.model.state_dict().items()})
-    pipe = Pipeline(generator=gen, prompt=PROMPT)
     feats = [format_example(pipe, e) for e in examples]
     pad_id = gen.tokenizer.pad_token_id if gen.tokenizer.pad_token_id is not None else gen.tokenizer.eos_token_id
     config = TuneConfig(rank=16, alpha=32, max_steps=args.steps, batch_size=args.batch, learning_rate=1e-3, checkpoint_every=10_000,
@@ -131,23 +149,26 @@ def main() -> None:
     steps_per_epoch = -(-len(feats) // args.batch)
     tokens = real_tokens_per_epoch * args.steps / steps_per_epoch
     rows = []
-    for label, tuned in (("transformers Trainer + PEFT LoRA (fp32, random batches)", False),
-                         ("transformers Trainer + PEFT LoRA (bf16, group_by_length)", True)):
+    trainers = (("transformers Trainer + PEFT LoRA (fp32, random batches)", False),
+                ("transformers Trainer + PEFT LoRA (bf16, group_by_length)", True))
+    for label, tuned in trainers[1:] if args.tuned_only else trainers:
         model = apply_method(fresh_model(), config)
         t = baseline(model, feats, config, pad_id, str(BASE / "trainer"), tuned=tuned, checkpointing=checkpointing)
         model.eval()
-        rows.append((label, tokens / t, evaluate_loss(model, feats[:32], pad_id=pad_id), "bfloat16" if tuned else "float32"))
-    for precision in ("float32", "bfloat16"):
+        rows.append((label, tokens / t, evaluate_loss(model, feats[: args.eval], pad_id=pad_id), "bfloat16" if tuned else "float32"))
+    for precision in ("bfloat16",) if args.tuned_only else ("float32", "bfloat16"):
         model = apply_method(fresh_model(), config)
         cfg = config.model_copy(update={"precision": precision})
         report = train(model, feats, feats[:8], cfg, out_dir=BASE / precision, pad_id=pad_id, progress=False)
-        loss = evaluate_loss(model, feats[:32], pad_id=pad_id)
+        loss = evaluate_loss(model, feats[: args.eval], pad_id=pad_id)
         rows.append((f"layered ({precision}, length-bucketed)", report.tokens_per_second, loss, precision))
     lines = [f"{len(feats)} examples, {args.steps} steps of batch {args.batch}, gradient checkpointing {args.checkpointing}; "
              f"{params / 1e6:.1f}M parameters; matmul peak fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
-             f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s", "",
-             "| trainer | tokens/s | vs well-configured Trainer | loss after (32 train ex.) | MFU |", "|---|---|---|---|---|"]
-    anchor = rows[1][1]
+             f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s; data: "
+             f"{'the ' + args.recipe + ' recipe, RAG-formatted' if args.recipe else 'the Bitext sample, no retrieval'}, "
+             f"{real_tokens_per_epoch / len(feats):.0f} tokens per example on average", "",
+             f"| trainer | tokens/s | vs well-configured Trainer | loss after ({args.eval} train ex.) | MFU |", "|---|---|---|---|---|"]
+    anchor = rows[0 if args.tuned_only else 1][1]
     for label, rate, loss, precision in rows:
         mfu = 6 * params * rate / peaks[precision]
         lines.append(f"| {label} | {rate:.0f} | {rate / anchor:.2f}x | {loss:.3f} | {mfu:.1%} |")

@@ -135,6 +135,8 @@ def cached_folder(source: Path, kind: str, build: Callable[[Path], None]) -> Pat
     try:
         build(tmp)
         (tmp / ".complete").touch()
+        if folder.is_dir() and not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # unmarked: an older layered's copy, or a broken one
         try:
             tmp.rename(folder)
         except OSError:  # another process cached it first

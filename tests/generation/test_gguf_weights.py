@@ -104,3 +104,15 @@ def test_transformers_loads_the_gguf_from_a_dequantised_folder_made_once(tmp_pat
     monkeypatch.setenv("LAYERED_CACHE", str(blocker))
     assert models.transformers_folder(source) == source  # unwritable cache: transformers reads the GGUF itself
     assert blocker.read_text() == ""
+
+
+def test_an_unmarked_cached_folder_is_built_again(cache):
+    """A folder without the completion mark (an older layered's, or one cut short) is replaced."""
+    source = models.DEFAULT_GENERATOR.path()
+    stat = source.stat()
+    stale = cache / "gguf" / f"{source.stem}.{stat.st_size}-{stat.st_mtime_ns}.probe"
+    stale.mkdir(parents=True)
+    (stale / "half-written").write_text("")
+    folder = models.cached_folder(source, "probe", lambda tmp: (tmp / "data").write_text("whole"))
+    assert folder == stale and (folder / "data").read_text() == "whole" and not (folder / "half-written").exists()
+    assert models.cached_folder(source, "probe", lambda tmp: pytest.fail("built twice")) == folder

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from typing import Any, AsyncIterator, Generator, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Generator, Mapping, Sequence
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
@@ -80,7 +80,7 @@ class PipelineRunnable(Runnable[Any, Any]):
         answer = self.pipeline.ask(question, **options)
         return answer if self.output == "answer" else answer.text
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[str]:  # noqa: A002
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Generator[str, None, None]:  # noqa: A002
         question, options = _input(input)
         yield from self.pipeline.stream(question, **options)
 
@@ -111,8 +111,7 @@ class PipelineRunnable(Runnable[Any, Any]):
             except BaseException as e:  # handed to the consumer below
                 send("error", e)
             finally:
-                if isinstance(pieces, Generator):
-                    pieces.close()
+                pieces.close()
 
         threading.Thread(target=produce, name="layered-astream", daemon=True).start()
         try:

@@ -44,6 +44,7 @@ from layered.adapters.export import export_for_serving
 from layered.connectors.openai import OpenAIGenerator
 from layered.pipelines import cache_folder, medical
 from layered.pipelines.shipped import ShippedAdapter
+from layered.serving.vllm import launch, stop, wait_ready
 
 QUESTIONS = [
     "What are the treatments for Graves disease?", "What are the symptoms of shingles?", "How can I lower my high blood pressure?",
@@ -56,29 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def launch(python: str, args: list[str], port: int, log: Path, dtype: str) -> tuple[subprocess.Popen[bytes], list[str]]:
-    command = ["nice", "-n", "10", python, "-m", "vllm.entrypoints.openai.api_server", "--model", *args,
-               "--dtype", dtype, "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    with log.open("wb") as f:
-        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
-    return process, command
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 900) -> float:
-    t = time.perf_counter()
-    while time.perf_counter() - t < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"vLLM exited with {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return time.perf_counter() - t
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise RuntimeError("vLLM was not ready in time")
 
 
 def medical_pipeline(generator: OpenAIGenerator) -> tuple[Pipeline, str]:
@@ -130,7 +108,7 @@ def main() -> None:
     exported_s = time.perf_counter() - t
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    process, command = launch(args.vllm_python, export.vllm_args("base"), port, work / "vllm.log", args.dtype)
+    process = launch(args.vllm_python, export.vllm_args("base"), port, work / "vllm.log", dtype=args.dtype, kv_cache_gb="2", nice=10)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}", process)
         vllm_version = subprocess.run([args.vllm_python, "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
@@ -141,7 +119,7 @@ def main() -> None:
         say(f"Export (medical + support + base): {exported_s:.0f}s. Server ready {ready_s:.0f}s after launch:")
         say()
         say("```bash")
-        say(shlex.join(command).replace(str(export.folder), "$EXPORT").replace(args.vllm_python, "$VLLM_PYTHON"))
+        say(shlex.join(process.args).replace(str(export.folder), "$EXPORT").replace(args.vllm_python, "$VLLM_PYTHON"))
         say("```")
         say()
         generator = OpenAIGenerator("base", base_url=url, api_key_env=None, adapter_naming="model", default_adapter="medical",
@@ -211,11 +189,7 @@ def main() -> None:
                 f"{eight['tps'] / base_tps:.2f}x |")
         say()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

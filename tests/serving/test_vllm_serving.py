@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import time
 
 import pytest
 
 from layered import Pipeline
 from layered.adapters.export import export_for_serving
+from layered.serving.vllm import launch, stop, wait_ready
 from layered.connectors.openai import OpenAIGenerator
 from layered.pipelines.shipped import ShippedAdapter
 from layered.types import Document
@@ -44,36 +43,12 @@ def vllm(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    log = (folder / "vllm.log").open("wb")
-    # `python -m ...api_server` rather than `vllm serve`: vllm-cpu 0.32.0's `vllm` command looks
-    # up the distribution "vllm" and fails (PackageNotFoundError) in a vllm-cpu install.
-    process = subprocess.Popen([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", *export.vllm_args("base"),
-                                "--dtype", "float32", "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
-    import httpx
-
+    process = launch(VLLM_PYTHON, export.vllm_args("base"), port, folder / "vllm.log")
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM exited with {process.returncode}; see {folder / 'vllm.log'}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM was not ready in 15 minutes; see {folder / 'vllm.log'}")
-            time.sleep(2)
+        wait_ready(f"http://127.0.0.1:{port}", process)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop(process)
 
 
 def _pipeline(url: str, **options) -> Pipeline:

@@ -170,3 +170,33 @@ def test_validation_loss_is_the_token_mean_whatever_the_order_and_batching(tiny_
     random.Random(0).shuffle(shuffled)
     batched = [trainer.evaluate_loss(model, f, pad_id=0, batch_size=5) for f in (feats, shuffled)]
     assert batched[0] == pytest.approx(alone, rel=1e-5) and batched[1] == pytest.approx(alone, rel=1e-5)
+
+
+def test_long_rows_train_unpadded_and_the_step_is_the_padded_one(tmp_path, tiny_model_dir, smol_tokenizer, monkeypatch):
+    """Rows from UNPADDED_MIN_TOKENS train one forward each (or with rows of their exact length);
+    the optimizer steps, and so the losses, are the padded batches' (up to float rounding)."""
+    from transformers import AutoModelForCausalLM
+
+    from layered.adapters.methods import apply_method
+    from layered.tuning import trainer
+    from layered.tuning.formatting import Features
+
+    rows = arithmetic_rows(smol_tokenizer, 24)
+    feats = [Features(input_ids=ids + ids[:i % 5], labels=labels + [IGNORE] * (i % 5)) for i, (ids, labels) in enumerate(rows)]
+    lengths = sorted({len(f.input_ids) for f in feats})
+    monkeypatch.setattr(trainer, "UNPADDED_MIN_TOKENS", lengths[len(lengths) // 2])
+    cut = trainer.micro_batches(feats[:8])
+    assert sorted(map(id, (f for rows in cut for f in rows))) == sorted(map(id, feats[:8]))  # every row once
+    assert all(len(f.input_ids) < trainer.UNPADDED_MIN_TOKENS for f in cut[0])
+    assert all(len({len(f.input_ids) for f in rows}) == 1 for rows in cut[1:]) and len(cut) >= 2
+    losses = {}
+    for threshold in (10**9, 0, trainer.UNPADDED_MIN_TOKENS):  # all padded, all unpadded, mixed
+        monkeypatch.setattr(trainer, "UNPADDED_MIN_TOKENS", threshold)
+        config = TuneConfig(rank=4, learning_rate=5e-3, max_steps=4, batch_size=6, eval_every=4, checkpoint_every=4,
+                            dropout=0.0, precision="float32")
+        model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+        report = trainer.train(model, feats[:20], feats[20:], config, out_dir=tmp_path / str(threshold), pad_id=0, progress=False)
+        losses[threshold] = [json.loads(line)["loss"] for line in (tmp_path / str(threshold) / "metrics.jsonl").read_text().splitlines()]
+        losses[threshold].append(report.val_losses[-1][1])
+    padded, *others = losses.values()
+    assert all(other == pytest.approx(padded, rel=1e-5) for other in others)

@@ -13,6 +13,14 @@ Contract:
   honouring ``Retry-After`` (seconds or an HTTP date); a stream is retried only before its
   first token, never mid-answer;
 - a malformed or truncated reply is one :class:`~layered.errors.RemoteError`;
+- the answer passes through the same :class:`~layered.generation.guards.DecodingGuard` as the
+  local backends' (a server such as vLLM returns what it decoded): an answer cut at
+  ``max_tokens`` ends on its last whole sentence, a loop is cut before its first repeat (a
+  stream stops reading, which closes the connection), and a stream yields whole sentences
+  spelling exactly the non-streamed answer;
+- message contents are sent with chat-template control tokens (``<|im_start|>``, ``[INST]``...)
+  defused, as the local backends do before applying their template: the server tokenises the
+  templated text, so a control token inside a question or passage would open or close a turn;
 - the API key is read from the environment variable named by ``api_key_env`` at request
   time; it is never stored in the config, logged, or shown in ``repr``.
 """
@@ -31,6 +39,8 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 from layered.adapters.names import BASE
 from layered.errors import ConfigError, RemoteError
 from layered.generation.common import AnswerBudget
+from layered.generation.guards import DecodingGuard
+from layered.prompts.injection import defuse_control_tokens
 from layered.types import Generation, Prompt
 
 log = logging.getLogger(__name__)
@@ -100,6 +110,8 @@ class OpenAIGenerator:
         seed: int | None = None,
         adapter_naming: Literal["suffix", "model"] = "suffix",
         default_adapter: str | None = None,
+        loop_ngram: int | None = 4,
+        whole_sentences: bool = True,
     ) -> None:
         import httpx
 
@@ -118,6 +130,7 @@ class OpenAIGenerator:
         self.read_timeout = read_timeout
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
+        self.guard = DecodingGuard(ngram=loop_ngram, whole_sentences=whole_sentences)
         self._rng = random.Random(seed)
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
         self._client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=16, max_keepalive_connections=4))
@@ -154,7 +167,7 @@ class OpenAIGenerator:
 
     def _body(self, prompt: Prompt, stream: bool, adapter: str | None, max_new_tokens: int | None = None) -> dict[str, Any]:
         return {
-            "model": self._model_for(adapter), "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
+            "model": self._model_for(adapter), "messages": [{"role": m.role, "content": defuse_control_tokens(m.content)} for m in prompt.messages],
             "max_tokens": min(max_new_tokens or self.max_new_tokens, self.max_new_tokens), "temperature": self.temperature, "stream": stream,
         }
 
@@ -203,14 +216,22 @@ class OpenAIGenerator:
             raise RemoteError(f"malformed response from {self.base_url}: {type(e).__name__}: {e}") from None
         usage = data.get("usage") or {}
         finish: Literal["stop", "length"] = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Generation(text=text.strip(), prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        text, _ = self.guard.finish(text, cut=finish == "length")
+        return Generation(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), finish_reason=finish)
 
     def stream(self, prompt: Prompt, *, adapter: str | None = None, max_new_tokens: int | None = None) -> Iterator[str]:
-        """Yield content pieces from the server-sent events; closing the iterator closes the connection."""
+        """Yield the guarded answer a sentence at a time (joined: :meth:`generate`'s text);
+        closing the iterator closes the connection."""
+        finish: list[str] = []
+        pieces = self._events(self._body(prompt, stream=True, adapter=adapter, max_new_tokens=max_new_tokens), finish)
+        return self.guard.stream(pieces, cut=lambda: finish[-1:] == ["length"])
+
+    def _events(self, body: dict[str, Any], finish: list[str]) -> Iterator[str]:
+        """Content pieces from the server-sent events; each ``finish_reason`` seen is appended to ``finish``."""
         import httpx
 
-        response = self._send(self._body(prompt, stream=True, adapter=adapter, max_new_tokens=max_new_tokens), stream=True)
+        response = self._send(body, stream=True)
         done = False
         try:
             for line in response.iter_lines():
@@ -221,9 +242,12 @@ class OpenAIGenerator:
                     done = True
                     break
                 try:
-                    delta = json.loads(payload)["choices"][0].get("delta") or {}
+                    choice = json.loads(payload)["choices"][0]
+                    delta = choice.get("delta") or {}
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                     raise RemoteError(f"malformed stream event from {self.base_url}: {type(e).__name__}") from None
+                if choice.get("finish_reason"):
+                    finish.append(str(choice["finish_reason"]))
                 piece = delta.get("content")
                 if piece:
                     yield piece
@@ -243,7 +267,7 @@ class OpenAIGenerator:
             "kind": self.kind, "model": self.model, "base_url": self.base_url, "api_key_env": self.api_key_env,
             "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
             "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout, "adapter_naming": self.adapter_naming,
-            "default_adapter": self.default_adapter,
+            "default_adapter": self.default_adapter, "loop_ngram": self.guard.ngram, "whole_sentences": self.guard.whole_sentences,
             "retry": {"max_retries": self.retry.max_retries, "base_delay": self.retry.base_delay,
                       "max_delay": self.retry.max_delay, "jitter": self.retry.jitter},
         }
@@ -251,7 +275,7 @@ class OpenAIGenerator:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "OpenAIGenerator":
         options = {k: config[k] for k in ("base_url", "api_key_env", "max_new_tokens", "temperature", "connect_timeout", "read_timeout",
-                                             "adapter_naming", "default_adapter") if k in config}
+                                             "adapter_naming", "default_adapter", "loop_ngram", "whole_sentences") if k in config}
         retry = RetryPolicy(**config["retry"]) if config.get("retry") else None
         return cls(config["model"], retry=retry, **options)
 

@@ -3,10 +3,15 @@
 A sentence-transformers folder made of a Transformer, a Pooling (mean or CLS) and optionally a
 Normalize module is exported once to ONNX (torch's exporter), its matrix multiplications
 quantised to int8 with **one scale per output channel** (ONNX Runtime's dynamic quantisation;
-activations are quantised per batch at run time), and cached under
+activations are quantised per run at run time), except the feed-forward output projections of
+the first :data:`FP32_FFN_OUT_LAYERS` layers, which stay fp32, and cached under
 ``layered.models.cache_dir()/onnx`` keyed by the sha256 of the weights, so a fine-tuned model
 gets its own file. Per-channel scales matter: one scale per tensor (torch's and ORT's default)
 moved MiniLM's vectors to a cosine of 0.85 from fp32, per channel keeps them above 0.98.
+Which matrices to keep in fp32 was chosen on 512 MedQuAD chunks by mean cosine to fp32 (SciFact,
+where the loss is judged, was not used): all int8 0.9946; the feed-forward output projection of
+every layer in fp32 0.9975 but 28% slower; of layers 0-2 only 0.9972 at about 18% slower
+(``benchmarks/results/embedding_speed.md``).
 
 Why not sentence-transformers' own ``backend="onnx"``: it needs ``optimum``, whose releases pin
 transformers 4.x, below what layered runs with. Tokenisation uses the model's ``tokenizer.json``
@@ -32,6 +37,9 @@ from layered.errors import ConfigError, ModelNotAvailableError
 _SUPPORTED = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
               "sentence_transformers.models.Normalize"}
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: The first layers whose feed-forward output projection (the input after GELU has the largest
+#: outliers, so one activation scale per run fits it worst) is kept in fp32.
+FP32_FFN_OUT_LAYERS = 3
 
 
 def pooling_of(folder: Path) -> str:
@@ -88,17 +96,27 @@ def export_int8(st_model: Any, out: Path) -> Path:
                               output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
         finally:
             auto.set_attn_implementation(attention)
+        graph = onnx.load(str(fp32), load_external_data=False).graph
+        keep = [n.name for n in graph.node if n.op_type == "MatMul" and _ffn_out_layer(n.name) in range(FP32_FFN_OUT_LAYERS)]
         with atomic_path(out) as target:
-            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out
+
+
+def _ffn_out_layer(node: str) -> int | None:
+    """The layer index of a BERT-style feed-forward output MatMul (``.../layer.3/output/dense/MatMul``), else None."""
+    import re
+
+    found = re.search(r"layer\.(\d+)/output/dense/MatMul$", node)
+    return int(found.group(1)) if found else None
 
 
 def cached_file(fingerprint: str) -> Path:
     """Where the int8 ONNX file of the model with these weights lives."""
     import onnxruntime
 
-    return models.cache_dir() / "onnx" / f"{fingerprint[:24]}-int8-v2-ort{onnxruntime.__version__}.onnx"
+    return models.cache_dir() / "onnx" / f"{fingerprint[:24]}-int8-v3-ort{onnxruntime.__version__}.onnx"
 
 
 class OnnxEncoder:
@@ -115,8 +133,11 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(max_tokens)
         self.tokenizer.no_padding()
         options = ort.SessionOptions()
-        # Every core this process may use (ORT's own default left one of two idle at batch 1 here).
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        # One thread per run, one run per core at a time: a ~200-token text alone is too small a
+        # matrix to split across cores (2 threads per run reached 55 chunks/s here, 2 single-
+        # threaded runs side by side 104, identical vectors).
+        options.intra_op_num_threads = 1
+        self.workers = threads or len(os.sched_getaffinity(0))
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.pooling = pooling
@@ -125,16 +146,26 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One text per run, by design: the int8 kernels quantise activations with one scale
-        per batch, so a batched text's vector would depend on its neighbours. Alone, a vector is
-        a function of its text only (the same in any batch, order or worker), nothing is padded,
-        and on 2 cores it was as fast as batches of 4 (91 vs 96-100 chunks/s)."""
+        per run, so a batched text's vector would depend on its neighbours. Alone, a vector is
+        a function of its text only (the same in any batch, order or worker) and nothing is
+        padded; the runs go to ``workers`` threads side by side (ORT releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         with self._lock:
             encodings = self.tokenizer.encode_batch(list(texts))
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for row, e in enumerate(encodings):
+
+        def run(e: Any) -> np.ndarray:
             ids = np.array([e.ids], dtype=np.int64)
             feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
             hidden = self.session.run(None, {name: feed[name] for name in self.inputs})[0][0]
-            out[row] = hidden[0] if self.pooling == "cls" else hidden.mean(axis=0)
+            pooled: np.ndarray = hidden[0] if self.pooling == "cls" else hidden.mean(axis=0)
+            return pooled
+
+        if len(encodings) < 2 or self.workers < 2:
+            rows = [run(e) for e in encodings]
+        else:
+            with ThreadPoolExecutor(min(self.workers, len(encodings))) as pool:
+                rows = list(pool.map(run, encodings))
+        out = np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
         unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return unit

@@ -133,6 +133,48 @@ def test_interrupted_ray_run_resumes_and_embeds_only_the_rest(local_ray, corpus,
     assert not checkpoint.exists()
 
 
+KILLED_RUN = r"""
+import os, signal, sys
+from layered.cli import main
+from layered.retrieval import distributed
+
+real_write, real_beside = distributed._write_part, distributed.RayEmbedding.beside.__func__
+
+
+def write_then_die(*args):  # SIGKILL to the driver and its local Ray as soon as the first part is on disk
+    real_write(*args)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+distributed._write_part = write_then_die
+distributed.RayEmbedding.beside = classmethod(lambda cls, out, **o: real_beside(cls, out, flush_rows=1, **o))  # a part per batch
+sys.exit(main(["-q", "index", sys.argv[1], "--out", sys.argv[2], "--workers", "2"]))
+"""
+
+
+def test_kill_9_of_a_ray_ingest_then_the_same_command_resumes_and_equals_one_process(local_ray, corpus, single, tmp_path, caplog):
+    """SIGKILL to the driver and its local Ray (the whole process group: no handler, no
+    ``finally`` runs) the moment the first batch's part is on disk; the same command then reuses
+    that part, embeds only the rest, and saves the index one process makes."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "index"
+    parts = out.with_name(out.name + ".ingest")
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(corpus), str(out)], start_new_session=True,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "manifest.json").exists()  # nothing was indexed before every vector was in
+    assert len(list(parts.glob("part-*.npz"))) == 1
+
+    caplog.set_level(logging.INFO, logger="layered")
+    assert main(["index", str(corpus), "--out", str(out), "--workers", "2"]) == 0
+    assert "resumed: 64 chunks from the interrupted run" in caplog.text
+    _assert_same_index(out, single)
+    assert not parts.exists()
+
+
 def _embedder():  # type: ignore[no-untyped-def]
     from layered.retrieval.embedders import SentenceTransformerEmbedder
 

@@ -152,7 +152,7 @@ def main() -> None:
         reference = TransformersGenerator(max_new_tokens=16, repetition_penalty=1.0, loop_ngram=None, whole_sentences=False)
         shipped["medical"].install(reference, "medical")
         short = OpenAIGenerator("base", base_url=url, api_key_env=None, adapter_naming="model", default_adapter="medical",
-                                max_new_tokens=16, read_timeout=300)
+                                max_new_tokens=16, read_timeout=300, loop_ngram=None, whole_sentences=False)  # raw tokens, as the reference
         same = 0
         rows = []
         for q, p in zip(QUESTIONS, prompts, strict=True):

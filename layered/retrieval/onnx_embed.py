@@ -120,7 +120,8 @@ def cached_file(fingerprint: str) -> Path:
 
 
 class OnnxEncoder:
-    """Encode texts with an int8 ONNX file: tokenised, run one at a time, pooled, L2-normalised."""
+    """Encode texts with an int8 ONNX file: tokenised, each text run alone (``workers`` runs side
+    by side, one thread each), pooled, L2-normalised."""
 
     def __init__(self, onnx_file: Path, folder: Path, *, max_tokens: int, pooling: str, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -11,7 +11,7 @@ import pytest
 
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.retrieval.embedders import SentenceTransformerEmbedder
-from layered.retrieval.onnx_embed import cached_file, pooling_of
+from layered.retrieval.onnx_embed import FP32_FFN_OUT_LAYERS, cached_file, pooling_of
 
 
 @pytest.fixture
@@ -46,6 +46,14 @@ def test_int8_file_is_exported_once_per_weights(texts):
     again = SentenceTransformerEmbedder(precision="int8")
     assert np.array_equal(again.embed(texts[:4]), vectors)
     assert onnx_file.stat().st_mtime_ns == stamp and again._st is None  # no torch model loaded the second time
+    # The feed-forward output projections of the first FP32_FFN_OUT_LAYERS layers stay fp32; the rest is int8.
+    import onnx
+
+    nodes = {n.name: n.op_type for n in onnx.load(str(onnx_file)).graph.node}
+    for layer in range(6):
+        fp32 = f"/model/encoder/layer.{layer}/output/dense/MatMul"
+        assert (nodes.get(fp32) == "MatMul") == (layer < FP32_FFN_OUT_LAYERS), (layer, nodes.get(fp32))
+    assert sum(op == "MatMul" for op in nodes.values()) == FP32_FFN_OUT_LAYERS + 2 * 6  # + attention's two per layer
 
 
 def test_models_it_cannot_reproduce_are_refused_in_one_line(tmp_path):

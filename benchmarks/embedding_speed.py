@@ -5,7 +5,7 @@
 Throughput: chunks/s embedding MedQuAD chunks (200 tokens, the sample's pages) with
 all-MiniLM-L6-v2 as raw sentence-transformers fp32 (``SentenceTransformer.encode``, which
 already sorts by length: the baseline), then through ``SentenceTransformerEmbedder`` with
-each precision (fp32, bf16 autocast, int8 on ONNX Runtime with per-channel weight scales),
+each precision (fp32, bf16 autocast, int8 on OpenVINO with per-channel weight scales),
 best of ``--repeats``. Query latency:
 p50 of embedding one question at a time. Quality: dense nDCG@10 and recall@10 of each option
 on the 1,000 MedQuAD sample questions against their own answer pages (question -> page), and
@@ -85,7 +85,7 @@ def main() -> None:
         if beir:
             found = build_retrievers(beir.corpus, embedder=emb)
             scores = "".join(f" {evaluate_retriever(found[k], beir.queries, beir.qrels)['ndcg@10']:.4f} |" for k in ("dense", "hybrid"))
-        label = {"int8": "int8 (ONNX Runtime, per-channel)"}.get(name, name)
+        label = {"int8": "int8 (OpenVINO, per-channel weights)"}.get(name, name)
         table.append(f"| layered, {label} | {r:.1f} | {r / raw_rate:.2f}x | {statistics.median(lat):.1f} | {cos:.5f} "
                      f"| {quality['ndcg@10']:.4f} | {quality['recall@10']:.4f} |{scores}")
         print(table[-1], flush=True)

@@ -89,6 +89,10 @@ def manual_documents(folder: Path = MANUALS) -> list[Document]:
             for d in load_documents(folder, include=["*.md"])]
 
 
+#: The embedder's precision (see the note in :func:`build`).
+EMBED_PRECISION = "bfloat16"
+
+
 def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
     """A fresh support pipeline (indexed, no adapter)."""
     from layered.generation.transformers_generator import TransformersGenerator
@@ -97,7 +101,9 @@ def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
     from layered.retrieval.embedders import SentenceTransformerEmbedder
     from layered.retrieval.scoped import ScopedRetriever
 
-    embedder = SentenceTransformerEmbedder()
+    # bf16, not the library's int8 default: the shipped adapter was trained on the passages bf16
+    # retrieval found, and its recipe reproduces it only with them.
+    embedder = SentenceTransformerEmbedder(precision=EMBED_PRECISION)
     dense = DenseRetriever(embedder=embedder, chunker=TokenChunker(size=200, overlap=40, tokenizer=embedder.tokenizer()))
     retriever = ScopedRetriever(dense, ROUTER, SCOPES)
     retriever.add_documents([*manual_documents(), *guideline_documents()], progress=progress)

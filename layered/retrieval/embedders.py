@@ -32,7 +32,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return unit
 
 
-#: ``auto``: bf16 autocast where the CPU has native bf16, else fp32; ``int8``: ONNX Runtime with
+#: ``auto``: ``int8`` on a CPU where the model allows it, else bf16 autocast where the CPU has
+#: native bf16, else fp32 (:attr:`SentenceTransformerEmbedder.runs_as`); ``int8``: OpenVINO with
 #: the weights quantised to int8 per output channel (:mod:`layered.retrieval.onnx_embed`).
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 
@@ -121,7 +122,7 @@ class SentenceTransformerEmbedder:
             return self._st
 
     def _int8(self) -> "OnnxEncoder":
-        """The ONNX Runtime encoder; the int8 file is exported once per set of weights and cached."""
+        """The OpenVINO encoder; the int8 file is exported once per set of weights and cached."""
         if self._onnx is None:
             from layered.retrieval.onnx_embed import OnnxEncoder, cached_file, export_int8, pooling_of
 
@@ -143,20 +144,28 @@ class SentenceTransformerEmbedder:
 
     @cached_property
     def runs_as(self) -> str:
-        """The precision ``auto`` resolves to on this machine: ``bfloat16`` on a CPU with native
-        bf16, else ``float32``. ``int8`` is opt-in.
+        """The precision ``auto`` resolves to on this machine: ``int8`` on a CPU for a model this
+        path reproduces (Transformer + mean or CLS pooling, see :func:`~layered.retrieval.onnx_embed.pooling_of`),
+        else ``bfloat16`` on a CPU with native bf16, else ``float32``.
 
-        Measured here (benchmarks/results/embedding_speed.md, all-MiniLM-L6-v2, 2 cores): bf16
-        1.85x raw fp32 sentence-transformers throughput with the same nDCG@10; int8 2.5x and a
-        third of bf16's query latency, but 0.58 points of dense nDCG@10 lost on SciFact.
+        Measured here (benchmarks/results/embedding_speed.md, all-MiniLM-L6-v2, 2 cores): int8 on
+        OpenVINO 3.28x raw fp32 sentence-transformers throughput, a query p50 of 3.8 ms, dense
+        nDCG@10 +0.02 points on MedQuAD and -0.10 on SciFact vs fp32; bf16 1.62x with the same
+        nDCG@10 as fp32.
         """
         if self.precision != "auto":
             return self.precision
         if (self.device or "cpu") != "cpu":
             return "float32"
-        from layered.hardware import cpu_supports_bf16
+        from layered.retrieval.onnx_embed import pooling_of
 
-        return "bfloat16" if cpu_supports_bf16() else "float32"
+        try:
+            pooling_of(self.path)
+            return "int8"
+        except ConfigError:
+            from layered.hardware import cpu_supports_bf16
+
+            return "bfloat16" if cpu_supports_bf16() else "float32"
 
     @property
     def uses_bf16(self) -> bool:

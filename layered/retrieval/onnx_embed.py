@@ -1,22 +1,25 @@
-"""Sentence embeddings on ONNX Runtime with int8 weights: the fast CPU path of an embedder.
+"""Sentence embeddings with int8 weights on OpenVINO: the fast CPU path of an embedder.
 
 A sentence-transformers folder made of a Transformer, a Pooling (mean or CLS) and optionally a
-Normalize module is exported once to ONNX (torch's exporter), its matrix multiplications
-quantised to int8 with **one scale per output channel** (ONNX Runtime's dynamic quantisation;
-activations are quantised per run at run time), except the feed-forward output projections of
-the first :data:`FP32_FFN_OUT_LAYERS` layers, which stay fp32, and cached under
-``layered.models.cache_dir()/onnx`` keyed by the sha256 of the weights, so a fine-tuned model
-gets its own file. Per-channel scales matter: one scale per tensor (torch's and ORT's default)
-moved MiniLM's vectors to a cosine of 0.85 from fp32, per channel keeps them above 0.98.
-Which matrices to keep in fp32 was chosen on 512 MedQuAD chunks by mean cosine to fp32 (SciFact,
-where the loss is judged, was not used): all int8 0.9946; the feed-forward output projection of
-every layer in fp32 0.9975 but 28% slower; of layers 0-2 only 0.9972 at about 18% slower
-(``benchmarks/results/embedding_speed.md``).
+Normalize module is exported once to ONNX (torch's exporter), every weight matrix of its
+MatMuls stored as int8 with **one scale per output channel** (an ONNX ``DequantizeLinear`` in
+front of the MatMul), and cached under ``layered.models.cache_dir()/onnx`` keyed by the sha256
+of the weights, so a fine-tuned model gets its own file. OpenVINO runs it: its CPU plugin turns
+each such MatMul into an int8 kernel that also quantises the activations at run time, with one
+scale per :data:`ACTIVATION_GROUP` input channels of each token (VNNI dot products), and runs
+the rest (attention, layer norms) in bf16 where the CPU has it.
 
-Why not sentence-transformers' own ``backend="onnx"``: it needs ``optimum``, whose releases pin
-transformers 4.x, below what layered runs with. Tokenisation uses the model's ``tokenizer.json``
-through ``tokenizers`` with the same truncation and padding as sentence-transformers (a test
-checks the ids are equal), so encoding needs neither torch nor transformers once the file exists.
+Chosen on 512 MedQuAD chunks by mean cosine to fp32 vectors (SciFact, where the loss is
+judged, was not used; ``benchmarks/results/embedding_speed.md``): activation groups of 32, 64,
+128 and 384 channels gave 0.99928, 0.99915, 0.99886 and 0.99794 at 85, 91, 94-100 and 87
+chunks/s. The previous path, ONNX Runtime's dynamic quantisation with one activation scale per
+run, reached 0.9946 (0.9972 with three feed-forward projections kept in fp32) and was slower.
+
+Why not sentence-transformers' own ``backend="onnx"``/``"openvino"``: it needs ``optimum``,
+whose releases pin transformers 4.x, below what layered runs with. Tokenisation uses the model's
+``tokenizer.json`` through ``tokenizers`` with the same truncation as sentence-transformers (a
+test checks the ids are equal), so encoding needs neither torch nor transformers once the file
+exists.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from layered.errors import ConfigError, ModelNotAvailableError
 _SUPPORTED = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
               "sentence_transformers.models.Normalize"}
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-#: The first layers whose feed-forward output projection (the input after GELU has the largest
-#: outliers, so one activation scale per run fits it worst) is kept in fp32.
-FP32_FFN_OUT_LAYERS = 3
+#: Input channels per activation scale in OpenVINO's int8 MatMuls (it must divide the model's
+#: hidden and feed-forward widths, 384 and 1536 for MiniLM; otherwise OpenVINO runs them on
+#: dequantised weights, correct but slower).
+ACTIVATION_GROUP = 128
 
 
 def pooling_of(folder: Path) -> str:
@@ -66,9 +70,7 @@ def export_int8(st_model: Any, out: Path) -> Path:
     import tempfile
     import warnings
 
-    import onnx
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     auto = st_model[0].auto_model.eval()
     tok = st_model[0].tokenizer
@@ -96,35 +98,53 @@ def export_int8(st_model: Any, out: Path) -> Path:
                               output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
         finally:
             auto.set_attn_implementation(attention)
-        graph = onnx.load(str(fp32), load_external_data=False).graph
-        keep = [n.name for n in graph.node if n.op_type == "MatMul" and _ffn_out_layer(n.name) in range(FP32_FFN_OUT_LAYERS)]
+        model = quantize_weights(fp32)
         with atomic_path(out) as target:
-            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            import onnx
+
+            onnx.save(model, str(target))
     return out
 
 
-def _ffn_out_layer(node: str) -> int | None:
-    """The layer index of a BERT-style feed-forward output MatMul (``.../layer.3/output/dense/MatMul``), else None."""
-    import re
+def quantize_weights(onnx_file: Path) -> Any:
+    """The ONNX model in ``onnx_file`` with every 2-D MatMul weight stored as int8, one symmetric
+    scale per output channel, read through a ``DequantizeLinear`` (returned, not written)."""
+    import onnx
+    from onnx import helper, numpy_helper
 
-    found = re.search(r"layer\.(\d+)/output/dense/MatMul$", node)
-    return int(found.group(1)) if found else None
+    model = onnx.load(str(onnx_file))
+    graph = model.graph
+    weights = {w.name: w for w in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        name = node.input[1] if node.op_type == "MatMul" else ""
+        w = numpy_helper.to_array(weights[name]) if name in weights else None
+        if w is not None and w.ndim == 2:
+            scale = (np.abs(w).max(axis=0) / 127.0).astype(np.float32)
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            graph.initializer.remove(weights[name])
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")])
+            nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [f"{name}_dequantized"],
+                                          axis=1, name=f"{name}_DequantizeLinear"))
+            node.input[1] = f"{name}_dequantized"
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def cached_file(fingerprint: str) -> Path:
     """Where the int8 ONNX file of the model with these weights lives."""
-    import onnxruntime
-
-    return models.cache_dir() / "onnx" / f"{fingerprint[:24]}-int8-v3-ort{onnxruntime.__version__}.onnx"
+    return models.cache_dir() / "onnx" / f"{fingerprint[:24]}-int8-v4.onnx"
 
 
 class OnnxEncoder:
-    """Encode texts with an int8 ONNX file: tokenised, each text run alone (``workers`` runs side
-    by side, one thread each), pooled, L2-normalised."""
+    """Encode texts with an int8 ONNX file on OpenVINO: tokenised, each text run alone
+    (``workers`` runs side by side, one thread each), pooled, L2-normalised."""
 
     def __init__(self, onnx_file: Path, folder: Path, *, max_tokens: int, pooling: str, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        import openvino
         from tokenizers import Tokenizer
 
         tokenizer_file = folder / "tokenizer.json"
@@ -133,40 +153,34 @@ class OnnxEncoder:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.enable_truncation(max_tokens)
         self.tokenizer.no_padding()
-        options = ort.SessionOptions()
         # One thread per run, one run per core at a time: a ~200-token text alone is too small a
-        # matrix to split across cores (2 threads per run reached 55 chunks/s here, 2 single-
-        # threaded runs side by side 104, identical vectors).
-        options.intra_op_num_threads = 1
+        # matrix to split across cores (with ONNX Runtime, 2 threads per run reached 55 chunks/s
+        # here, 2 single-threaded runs side by side 104, identical vectors).
         self.workers = threads or len(os.sched_getaffinity(0))
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.model = openvino.Core().compile_model(str(onnx_file), "CPU", {
+            "NUM_STREAMS": str(self.workers), "INFERENCE_NUM_THREADS": str(self.workers),
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(ACTIVATION_GROUP)})
+        self.inputs = [i.get_any_name() for i in self.model.inputs]
+        self.queue = openvino.AsyncInferQueue(self.model, self.workers)
         self.pooling = pooling
-        self.dim = int(self.session.get_outputs()[0].shape[-1])
-        self._lock = threading.Lock()  # one tokenizer, shared: calls from threads take turns
+        self.dim = int(self.model.outputs[0].get_partial_shape()[-1].get_length())
+        self._lock = threading.Lock()  # one tokenizer and one queue, shared: calls from threads take turns
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """One text per run, by design: the int8 kernels quantise activations with one scale
-        per run, so a batched text's vector would depend on its neighbours. Alone, a vector is
-        a function of its text only (the same in any batch, order or worker) and nothing is
-        padded; the runs go to ``workers`` threads side by side (ORT releases the GIL)."""
-        from concurrent.futures import ThreadPoolExecutor
+        """One text per run, by design: a vector is a function of its text only (the same in any
+        batch, order or worker) and nothing is padded; the runs go to ``workers`` streams side by side."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+
+        def pool(request: Any, row: int) -> None:
+            hidden = request.get_output_tensor(0).data[0]
+            out[row] = hidden[0] if self.pooling == "cls" else hidden.mean(axis=0)
 
         with self._lock:
-            encodings = self.tokenizer.encode_batch(list(texts))
-
-        def run(e: Any) -> np.ndarray:
-            ids = np.array([e.ids], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
-            hidden = self.session.run(None, {name: feed[name] for name in self.inputs})[0][0]
-            pooled: np.ndarray = hidden[0] if self.pooling == "cls" else hidden.mean(axis=0)
-            return pooled
-
-        if len(encodings) < 2 or self.workers < 2:
-            rows = [run(e) for e in encodings]
-        else:
-            with ThreadPoolExecutor(min(self.workers, len(encodings))) as pool:
-                rows = list(pool.map(run, encodings))
-        out = np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
+            self.queue.set_callback(pool)
+            for row, e in enumerate(self.tokenizer.encode_batch(list(texts))):
+                ids = np.array([e.ids], dtype=np.int64)
+                feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+                self.queue.start_async({name: feed[name] for name in self.inputs}, row)
+            self.queue.wait_all()
         unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return unit

@@ -1,4 +1,4 @@
-"""The int8 embedder on ONNX Runtime: same tokens as sentence-transformers, vectors close to
+"""The int8 embedder on OpenVINO: same tokens as sentence-transformers, vectors close to
 fp32, exported once per set of weights, and clear errors for models it cannot reproduce."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from layered.errors import ConfigError, ModelNotAvailableError
 from layered.retrieval.embedders import SentenceTransformerEmbedder
-from layered.retrieval.onnx_embed import FP32_FFN_OUT_LAYERS, cached_file, pooling_of
+from layered.retrieval.onnx_embed import cached_file, pooling_of
 
 
 @pytest.fixture
@@ -46,14 +46,21 @@ def test_int8_file_is_exported_once_per_weights(texts):
     again = SentenceTransformerEmbedder(precision="int8")
     assert np.array_equal(again.embed(texts[:4]), vectors)
     assert onnx_file.stat().st_mtime_ns == stamp and again._st is None  # no torch model loaded the second time
-    # The feed-forward output projections of the first FP32_FFN_OUT_LAYERS layers stay fp32; the rest is int8.
+    # Every weight matrix is stored int8 with one scale per output channel; attention's two
+    # MatMuls per layer (activations by activations) have no weight to quantise.
     import onnx
+    from onnx import numpy_helper
 
-    nodes = {n.name: n.op_type for n in onnx.load(str(onnx_file)).graph.node}
-    for layer in range(6):
-        fp32 = f"/model/encoder/layer.{layer}/output/dense/MatMul"
-        assert (nodes.get(fp32) == "MatMul") == (layer < FP32_FFN_OUT_LAYERS), (layer, nodes.get(fp32))
-    assert sum(op == "MatMul" for op in nodes.values()) == FP32_FFN_OUT_LAYERS + 2 * 6  # + attention's two per layer
+    graph = onnx.load(str(onnx_file)).graph
+    weights = {w.name: numpy_helper.to_array(w) for w in graph.initializer}
+    dequantized = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 6 * (6 + 2) and not any(n.input[1] in weights for n in matmuls)
+    quantized = [dequantized[n.input[1]] for n in matmuls if n.input[1] in dequantized]
+    assert len(quantized) == 6 * 6
+    for dq in quantized:
+        q, scale = weights[dq.input[0]], weights[dq.input[1]]
+        assert q.dtype == np.int8 and q.ndim == 2 and scale.shape == (q.shape[1],)
 
 
 def test_models_it_cannot_reproduce_are_refused_in_one_line(tmp_path):

@@ -70,6 +70,7 @@ def export_int8(st_model: Any, out: Path) -> Path:
     import tempfile
     import warnings
 
+    import onnx
     import torch
 
     auto = st_model[0].auto_model.eval()
@@ -100,8 +101,6 @@ def export_int8(st_model: Any, out: Path) -> Path:
             auto.set_attn_implementation(attention)
         model = quantize_weights(fp32)
         with atomic_path(out) as target:
-            import onnx
-
             onnx.save(model, str(target))
     return out
 

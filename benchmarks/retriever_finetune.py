@@ -27,7 +27,7 @@ from pathlib import Path
 from layered.evaluation.retrieval import build_retrievers, evaluate_retriever, load_beir
 from layered.retrieval.embedders import SentenceTransformerEmbedder
 from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
-                                        pairs_from_qrels, pairs_from_titles)
+                                        pairs_from_qrels, pairs_from_sentences, pairs_from_titles)
 from layered.retrieval.hybrid import HybridRetriever
 from layered.types import Document
 
@@ -52,77 +52,107 @@ def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict
     return docs, queries, qrels, [Pair(r["question"], first[r["answer"]], r["focus"]) for r in rows]
 
 
+def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig,
+             device: str) -> dict:
+    """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready)."""
+    docs, queries, qrels, _ = data
+    by_query = {q: qid for qid, q in queries.items()}
+    test_ids = sorted({by_query[p.query] for p in test})
+    test_queries, test_qrels = {q: queries[q] for q in test_ids}, {q: qrels[q] for q in test_ids}
+    scores = {name: evaluate_retriever(r, test_queries, test_qrels) for name, r in base.items()}
+    out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
+    fit, val = grouped_split(train, config.validation, seed=config.seed)
+    report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
+                                out_dir=out, config=config, progress=False, device=device)
+    tuned = base["hybrid"].reembedded(SentenceTransformerEmbedder(str(out), device=device), progress=False)
+    scores["tuned dense"] = evaluate_retriever(tuned.dense, test_queries, test_qrels)
+    scores["tuned hybrid"] = evaluate_retriever(tuned, test_queries, test_qrels)
+    # Fusion weights (dense, bm25) chosen on the fold's validation queries only.
+    val_ids = sorted({by_query[p.query] for p in val})
+    val_queries, val_qrels = {q: queries[q] for q in val_ids}, {q: qrels[q] for q in val_ids}
+    best = max(WEIGHTS, key=lambda w: evaluate_retriever(HybridRetriever(tuned.dense, weights=w, bm25=tuned.bm25), val_queries,
+                                                         val_qrels)["ndcg@10"])
+    scores["tuned hybrid, weighted"] = evaluate_retriever(HybridRetriever(tuned.dense, weights=best, bm25=tuned.bm25), test_queries,
+                                                          test_qrels)
+    served = "tuned" if report.val_ndcg_tuned > report.val_ndcg_base else "base"
+    scores["served hybrid"] = scores["tuned hybrid" if served == "tuned" else "hybrid"]
+    row = {"fold": i, "test_queries": len(test_ids), "val_base": report.val_ndcg_base, "val_tuned": report.val_ndcg_tuned,
+           "epochs": report.epochs_run, "seconds": report.seconds, "served": served, "weights": list(best),
+           "scores": {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}}
+    print(f"fold {i}: weights {best}; {len(test_ids)} test queries; val nDCG {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} "
+          f"({report.epochs_run} epochs, {report.seconds:.0f}s); " + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()),
+          flush=True)
+    return row
+
+
+def report(rows: list[dict], header: str) -> str:
+    """The per-fold and mean tables, in Markdown."""
+    rows = sorted(rows, key=lambda r: r["fold"])
+    names = list(rows[0]["scores"])
+    lines = [header, "", "## nDCG@10 per held-out fold", "",
+             "| fold | test queries | val nDCG@10 base -> tuned | epochs | served | " + " | ".join(names) + " |",
+             "|---" * (5 + len(names)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['fold']} | {r['test_queries']} | {r['val_base']:.4f} -> {r['val_tuned']:.4f} | {r['epochs']} | {r['served']} | "
+                     + " | ".join(f"{r['scores'][m]['ndcg@10']:.4f}" for m in names) + " |")
+    mean = {m: {k: statistics.fmean(r["scores"][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
+    lines += ["", "## Mean over the held-out folds", "", "| retriever | nDCG@10 | recall@10 |", "|---|---|---|",
+              *(f"| {m} | {v['ndcg@10']:.4f} | {v['recall@10']:.4f} |" for m, v in mean.items()), "",
+              f"Fine-tuned hybrid - base hybrid: {mean['tuned hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f} nDCG@10; "
+              f"served - base hybrid: {mean['served hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f}; "
+              f"mean validation gain of the tuned embedder: {statistics.fmean(r['val_tuned'] - r['val_base'] for r in rows):+.4f}.", ""]
+    return "\n".join(lines)
+
+
+WEIGHTS = [(1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5), (1.0, 2.0)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["scifact", "medquad"])
-    ap.add_argument("path", nargs="?", help="the BEIR SciFact folder (scifact only)")
+    ap.add_argument("dataset", choices=["scifact", "medquad", "merge"], help="merge: the tables from --save files given as PATHs")
+    ap.add_argument("path", nargs="*", help="the BEIR SciFact folder (scifact), or fold JSON files (merge)")
     ap.add_argument("--topics", type=int, default=600, help="MedQuAD topics (default 600)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", type=int, nargs="*", help="run only these folds (0-based)")
     ap.add_argument("--epochs", type=int, default=RetrieverTuneConfig.epochs)
     ap.add_argument("--lr", type=float, default=RetrieverTuneConfig.learning_rate)
+    ap.add_argument("--negatives", type=int, default=RetrieverTuneConfig.negatives, help="mined hard negatives per pair")
     ap.add_argument("--titles", type=int, default=0, help="add this many (title -> document) pairs from the corpus alone")
+    ap.add_argument("--sentences", type=int, default=0,
+                    help="add this many (sentence -> its page without it) pairs from the corpus alone (inverse cloze task)")
     ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
+    ap.add_argument("--save", type=Path, help="also write the folds' rows and the recipe as JSON here (for merge)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    docs, queries, qrels, pairs = scifact(args.path) if args.dataset == "scifact" else medquad(args.topics)
-    t = time.perf_counter()
-    base = build_retrievers(docs, embedder=SentenceTransformerEmbedder(**({"model": args.model} if args.model else {}), device=args.device), progress=True)
-    print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
-          f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
-    config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, keep="tuned")
-    titled = [Document(d.id, d.text, metadata={"title": d.text.split("\n\n")[0]}) for d in docs if "\n\n" in d.text]
-    extra = [Pair(p.query, p.doc_id, "title:" + p.doc_id) for p in pairs_from_titles(titled)][: args.titles]
-    weights = [(1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5), (1.0, 2.0)]
-    by_query = {q: qid for qid, q in queries.items()}
-    rows = []
-    for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)):
-        if args.only and i not in args.only:
-            continue
-        test_ids = sorted({by_query[p.query] for p in test})
-        test_queries = {qid: queries[qid] for qid in test_ids}
-        test_qrels = {qid: qrels[qid] for qid in test_ids}
-        scores = {name: evaluate_retriever(r, test_queries, test_qrels) for name, r in base.items()}
-        out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
-        fit, val = grouped_split(train, config.validation, seed=config.seed)
-        report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
-                                    out_dir=out, config=config, progress=False, device=args.device)
-        tuned = base["hybrid"].reembedded(SentenceTransformerEmbedder(str(out), device=args.device), progress=False)
-        scores["tuned dense"] = evaluate_retriever(tuned.dense, test_queries, test_qrels)
-        scores["tuned hybrid"] = evaluate_retriever(tuned, test_queries, test_qrels)
-        # Fusion weights (dense, bm25) chosen on the fold's validation queries only.
-        val_ids = sorted({by_query[p.query] for p in val})
-        val_queries, val_qrels = {q: queries[q] for q in val_ids}, {q: qrels[q] for q in val_ids}
-        best = max(weights, key=lambda w: evaluate_retriever(HybridRetriever(tuned.dense, weights=w, bm25=tuned.bm25), val_queries,
-                                                             val_qrels)["ndcg@10"])
-        scores["tuned hybrid, weighted"] = evaluate_retriever(HybridRetriever(tuned.dense, weights=best, bm25=tuned.bm25), test_queries,
-                                                              test_qrels)
-        served = "tuned" if report.val_ndcg_tuned > report.val_ndcg_base else "base"
-        scores["served hybrid"] = scores["tuned hybrid" if served == "tuned" else "hybrid"]
-        rows.append((i, len(test_ids), report, served, scores))
-        print(f"fold {i}: weights {best}; {len(test_ids)} test queries; val nDCG {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} "
-              f"({report.epochs_run} epochs, {report.seconds:.0f}s); "
-              + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()), flush=True)
-    names = list(rows[0][4])
-    lines = [f"# Retriever fine-tuning, {args.dataset}: {args.folds}-fold cross-validation by query group", "",
-             f"{len(docs)} documents, {len(pairs)} (query, document) pairs in {len({p.group for p in pairs})} groups; "
-             f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}. "
-             f"Recipe: {json.dumps(config.__dict__)}; {len(extra)} title pairs added to every fold's training pairs.", "",
-             "## nDCG@10 per held-out fold", "",
-             "| fold | test queries | val nDCG@10 base -> tuned | epochs | served | " + " | ".join(names) + " |",
-             "|---" * (5 + len(names)) + "|"]
-    for i, n, report, served, scores in rows:
-        lines.append(f"| {i} | {n} | {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} | {report.epochs_run} | {served} | "
-                     + " | ".join(f"{scores[m]['ndcg@10']:.4f}" for m in names) + " |")
-    mean = {m: {k: statistics.fmean(r[4][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
-    lines += ["", "## Mean over the held-out folds", "", "| retriever | nDCG@10 | recall@10 |", "|---|---|---|",
-              *(f"| {m} | {v['ndcg@10']:.4f} | {v['recall@10']:.4f} |" for m, v in mean.items()), "",
-              f"Fine-tuned hybrid - base hybrid: {mean['tuned hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f} nDCG@10; "
-              f"served - base hybrid: {mean['served hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f}.", ""]
-    print("\n".join(lines))
+    if args.dataset == "merge":
+        saved = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.path]
+        text = report([r for s in saved for r in s["rows"]], saved[0]["header"])
+    else:
+        data = scifact(args.path[0]) if args.dataset == "scifact" else medquad(args.topics)
+        docs, queries, qrels, pairs = data
+        t = time.perf_counter()
+        embedder = SentenceTransformerEmbedder(**({"model": args.model} if args.model else {}), device=args.device)
+        base = build_retrievers(docs, embedder=embedder, progress=True)
+        print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
+              f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
+        config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")
+        titled = [Document(d.id, d.text, metadata={"title": d.text.split("\n\n")[0]}) for d in docs if "\n\n" in d.text]
+        titles = [Pair(p.query, p.doc_id, "title:" + p.doc_id) for p in pairs_from_titles(titled)][: args.titles]
+        sentences = pairs_from_sentences(docs, seed=0)[: args.sentences]
+        extra = titles + sentences
+        rows = [run_fold(i, train, test, data, base, extra, config, args.device)
+                for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)) if not args.only or i in args.only]
+        header = (f"{len(docs)} documents, {len(pairs)} (query, document) pairs in {len({p.group for p in pairs})} groups; "
+                  f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}. "
+                  f"Recipe: {json.dumps(config.__dict__)}; {len(titles)} title pairs and "
+                  f"{len(sentences)} sentence pairs added to every fold's training pairs.")
+        if args.save:
+            args.save.write_text(json.dumps({"header": header, "rows": rows}, indent=1), encoding="utf-8")
+        text = report(rows, header)
+    print(text)
     if args.out:
-        args.out.write_text("\n".join(lines), encoding="utf-8")
+        args.out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ from layered.errors import ArtifactError, InputError
 from layered.generation.transformers_generator import TransformersGenerator
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import SentenceTransformerEmbedder
-from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
-                                        pairs_from_qrels)
+from layered.errors import ConfigError
+from layered.retrieval.bm25 import BM25Retriever
+from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, data_hash, fine_tune_embedder, grouped_folds, grouped_split,
+                                        mine_triplets, pairs_from_qrels, pairs_from_sentences, validation_pool)
 from layered.retrieval.hybrid import HybridRetriever
-from layered.types import Document
+from layered.types import Chunk, Document
 from layered.pipelines import medical
 
 
@@ -54,6 +56,52 @@ def test_training_refuses_validation_groups_seen_in_training():
     pairs = [Pair("what is gout?", "d1", "gout"), Pair("gout treatment?", "d2", "gout")]
     with pytest.raises(InputError, match="both the training and validation"):
         fine_tune_embedder(pairs[:1], val_pairs=pairs[1:], retriever=None, base_model="unused", out_dir="unused")
+
+
+def test_sentence_pairs_read_only_the_pages_and_take_the_sentence_out():
+    docs = [Document("d1", "Gout is a form of arthritis. It causes sudden severe pain in the joints. Short one."),
+            Document("d2", "Too short."), Document("d3", "Shingles is a painful rash caused by a virus in nerve cells. Antivirals help."),
+            Document("d4", "A single sentence page is never emptied into a passage.")]
+    pairs = pairs_from_sentences(docs, keep=0.0, seed=3)
+    assert {p.doc_id for p in pairs} == {"d1", "d3"}  # d2: no sentence of 6 words; d4: nothing left without it
+    for p in pairs:
+        page = next(d.text for d in docs if d.id == p.doc_id)
+        assert p.query in page and p.query not in p.passage and len(p.query.split()) >= 6
+        assert p.group.startswith("sentence:" + p.doc_id)
+    assert [p for p in pairs_from_sentences(docs, keep=1.0, seed=3) if p.doc_id == "d1"][0].passage == docs[0].text
+    assert pairs_from_sentences(docs, seed=3) == pairs_from_sentences(docs, seed=3)
+    # The passage is part of the data hash, so two corpora's sentence pairs never hash alike.
+    assert data_hash(pairs) != data_hash([Pair(p.query, p.doc_id, p.group) for p in pairs])
+
+
+def test_each_pair_gets_the_configured_number_of_mined_negatives_none_a_positive():
+    texts = [f"gout arthritis joint pain note {i} " + " ".join(f"w{i}x{j}" for j in range(i)) for i in range(12)]
+    chunks = [Chunk(f"d{i}#0", f"d{i}", t, end=len(t)) for i, t in enumerate(texts)]
+
+    class Source:
+        version = 1
+
+        def chunks(self) -> list[Chunk]:
+            return chunks
+
+    bm25 = BM25Retriever(Source())
+    docs = [Document(f"d{i}", t) for i, t in enumerate(texts)]
+    pairs = [Pair("gout joint pain note 3", "d3", "g3"), Pair("gout joint pain note 3", "d4", "g3"),
+             Pair("arthritis note 7", "d7", "g7", passage="my own passage")]
+    config = RetrieverTuneConfig(negatives=3, negative_skip=1, negative_depth=10)
+    rows = mine_triplets(pairs, bm25, chunks, config)
+    assert len(rows) == 3 and all(len(r) == 2 + 3 for r in rows)
+    positives = {"d3": docs[3].text, "d4": docs[4].text}
+    assert rows[2][1] == "my own passage"
+    for r in rows[:2]:
+        assert not set(r[2:]) & set(positives.values())  # neither of the query's positives is a negative
+    queries, corpus, relevant = validation_pool(pairs, bm25, chunks, depth=5)
+    assert set(queries.values()) == {"gout joint pain note 3", "arthritis note 7"}
+    qid = next(q for q, text in queries.items() if text == "gout joint pain note 3")
+    assert {corpus[pid] for pid in relevant[qid]} == set(positives.values())
+    assert len(corpus) > len(relevant[qid]) + 1  # retrieved non-positives are in the pool too
+    with pytest.raises(ConfigError, match="negatives"):
+        RetrieverTuneConfig(negatives=0)
 
 
 def _sample(n_topics: int) -> tuple[list[Document], list[Pair]]:

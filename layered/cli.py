@@ -216,7 +216,7 @@ def _cmd_tune_retriever(args: argparse.Namespace) -> int:
     from layered.retrieval.finetune import RetrieverTuneConfig, read_pairs
 
     pairs = read_pairs(args.data, split=args.split)
-    config = RetrieverTuneConfig(seed=args.seed, keep=args.keep, **({"epochs": args.epochs} if args.epochs else {}))
+    config = RetrieverTuneConfig(seed=args.seed, keep=args.keep, **{k: getattr(args, k) for k in ("epochs", "negatives") if getattr(args, k)})
     pipe = _load_pipeline(args.pipeline, args)
     report = pipe.fit_retriever(pairs, config=config, progress=not args.quiet)
     log.info("validation nDCG@10: base %.4f, tuned %.4f: keeping the %s embedder", report.val_ndcg_base, report.val_ndcg_tuned,

@@ -128,7 +128,8 @@ def _tune_retriever(sub: Commands) -> None:
     tr.add_argument("--pipeline", required=True, help="saved pipeline folder (dense or hybrid retriever)")
     tr.add_argument("--out", help="where to save the tuned pipeline (default: replace --pipeline atomically)")
     tr.add_argument("--split", default="train", help="BEIR split to read (default train)")
-    tr.add_argument("--epochs", type=_positive, help="most epochs (default 1; early stopping on validation)")
+    tr.add_argument("--epochs", type=_positive, help="most epochs (default 4; early stopping on validation)")
+    tr.add_argument("--negatives", type=_positive, help="hard negatives mined from the index per pair (default 4)")
     tr.add_argument("--seed", type=int, default=0, help="seed for the split, negatives and training (default 0)")
     tr.add_argument("--keep", choices=["better", "tuned"], default="better",
                     help="better: keep the tuned embedder only if it wins on validation (default); tuned: keep it regardless")

@@ -130,7 +130,7 @@ def test_a_fine_tuned_embedder_is_saved_with_the_pipeline_and_loads_back_the_sam
     pipe = _pipeline(docs)
     before = pipe.retriever
     train, val = grouped_split(pairs, 0.25, seed=0)
-    report = pipe.fit_retriever(train, val_pairs=val, config=RetrieverTuneConfig(epochs=1, batch_size=16, keep="tuned"),
+    report = pipe.fit_retriever(train, val_pairs=val, config=RetrieverTuneConfig(epochs=1, batch_size=16, negatives=2, keep="tuned"),
                                 out_dir=tmp_path / "model")
     assert report.kept == "tuned" and report.triplets > 0 and report.epochs_run == 1
     assert len(report.data_sha256) == 64 and report.val_ndcg_base > 0
@@ -183,7 +183,7 @@ def test_kill_9_while_re_embedding_leaves_the_old_index_loadable(tmp_path):
     data.write_text("".join(json.dumps({"query": p.query, "doc_id": p.doc_id, "group": p.group}) + "\n" for p in pairs))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "layered.cli", "tune-retriever", str(data), "--pipeline", str(folder),
-                             "--epochs", "1", "--keep", "tuned"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                             "--epochs", "1", "--negatives", "1", "--keep", "tuned"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=env, cwd=Path(__file__).resolve().parents[2])
     seen = []
     for line in proc.stderr:

@@ -177,4 +177,5 @@ def recipe() -> dict[str, Any]:
     from layered.adapters.config import ALL_LINEAR
 
     return {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": list(ALL_LINEAR), "learning_rate": 1e-3,
-            "batch_size": 4, "max_steps": 40, "eval_every": 20, "checkpoint_every": 40, "seed": 0}
+            "batch_size": 4, "max_steps": 40, "eval_every": 20, "checkpoint_every": 40, "seed": 0,
+            "dropout_masks": "torch"}  # the random stream the shipped adapter was trained with

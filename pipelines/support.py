@@ -130,7 +130,8 @@ def recipe() -> dict[str, Any]:
     from layered.adapters.config import ALL_LINEAR
 
     return {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": list(ALL_LINEAR), "learning_rate": 1e-3,
-            "batch_size": 4, "max_steps": 30, "eval_every": 15, "checkpoint_every": 30, "seed": 0}
+            "batch_size": 4, "max_steps": 30, "eval_every": 15, "checkpoint_every": 30, "seed": 0,
+            "dropout_masks": "torch"}  # the random stream the shipped adapter was trained with
 
 
 #: The name the shipped policy adapter is trained and served under (the router's pick for policy questions).

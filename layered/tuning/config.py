@@ -37,6 +37,10 @@ class TuneConfig(AdapterConfig):
     # 11.2 -> 4.8 GB for 8% fewer tokens/s, same loss. "auto": on, except for prefix tuning
     # (its prefixes live in the attention cache, which recomputation does not reproduce).
     gradient_checkpointing: bool | Literal["auto"] = "auto"
+    # LoRA dropout masks: "fast" draws them from 16-bit slices of 64-bit random words
+    # (layered.tuning.dropout; same distribution up to 2^-16 in p, a quarter of the draws),
+    # "torch" uses torch's dropout, whose random stream the shipped adapters were trained with.
+    dropout_masks: Literal["fast", "torch"] = "fast"
     checkpoint_every: int = Field(default=20, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
 

@@ -27,6 +27,7 @@ from layered.errors import ConfigError, InputError
 from layered.hardware import cpu_supports_bf16
 from layered.tuning.checkpoints import complete_checkpoints, load_checkpoint, save_checkpoint
 from layered.tuning.config import TuneConfig
+from layered.tuning.dropout import fast_lora_dropout
 from layered.tuning.formatting import IGNORE, Features
 from layered.tuning.launch import data_parallel
 
@@ -386,7 +387,8 @@ def train(
 
     Writes ``out_dir/metrics.jsonl``, ``out_dir/loss.png`` and ``out_dir/checkpoints/``.
     With ``resume=True`` it continues from the newest complete checkpoint, if any.
-    Activation recomputation, when the config switches it on, is switched off again however the run ends.
+    Activation recomputation, when the config switches it on, is switched off again however the run ends;
+    so are the faster LoRA dropout masks (``config.dropout_masks``, :mod:`layered.tuning.dropout`).
     """
     from tqdm.auto import tqdm
 
@@ -399,15 +401,16 @@ def train(
     if config.recomputes_activations:
         _recompute_activations(model, True)
     try:
-        model.train()
-        started = time.perf_counter()
-        bar = tqdm(total=run.total_steps, initial=state.step, desc=f"training ({config.method})", unit="step",
-                   disable=not (progress and run.main))
-        try:
-            last_step = run.total_steps if stop_after is None else min(run.total_steps, stop_after)
-            last_loss, tokens_this_run, stopped_early = _epochs(run, state, last_step, bar)
-        finally:
-            bar.close()
+        with fast_lora_dropout(model, config.dropout_masks == "fast"):
+            model.train()
+            started = time.perf_counter()
+            bar = tqdm(total=run.total_steps, initial=state.step, desc=f"training ({config.method})", unit="step",
+                       disable=not (progress and run.main))
+            try:
+                last_step = run.total_steps if stop_after is None else min(run.total_steps, stop_after)
+                last_loss, tokens_this_run, stopped_early = _epochs(run, state, last_step, bar)
+            finally:
+                bar.close()
     finally:
         if config.recomputes_activations:
             _recompute_activations(model, False)

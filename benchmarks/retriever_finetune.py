@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/retriever_finetune.py scifact PATH/TO/scifact [--folds 5] [--out benchmarks/results/retriever_finetune_scifact.md]
     .venv/bin/python benchmarks/retriever_finetune.py medquad [--topics 600] [--folds 5] [--out ...]
+    recipe options: [--epochs N] [--lr X] [--negatives N] [--titles N] [--sentences N]
+    one process per fold: ... --only F --save fold-F.json; then: retriever_finetune.py merge fold-*.json [--out ...]
 
 SciFact: the BEIR train split (the only split read), queries grouped so that queries sharing
 a relevant abstract are in the same fold (:func:`layered.retrieval.finetune.pairs_from_qrels`).
@@ -55,7 +57,7 @@ def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict
 def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig,
              device: str) -> dict:
     """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready)."""
-    docs, queries, qrels, _ = data
+    _, queries, qrels, _ = data
     by_query = {q: qid for qid, q in queries.items()}
     test_ids = sorted({by_query[p.query] for p in test})
     test_queries, test_qrels = {q: queries[q] for q in test_ids}, {q: qrels[q] for q in test_ids}

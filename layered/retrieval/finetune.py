@@ -13,10 +13,10 @@ shipped.
 Pairs come from relevance judgements (:func:`pairs_from_qrels`), question/answer data
 (:func:`pairs_from_examples`: the question against its answer's document) or the corpus alone
 (:func:`pairs_from_titles`: a title or heading as the query; :func:`pairs_from_sentences`: a
-sentence as the query and its page without that sentence as the passage, the inverse cloze task). Every pair carries a ``group``:
-splits and folds (:func:`grouped_split`, :func:`grouped_folds`) never put one group on both
-sides, so a query, and any query sharing a relevant document with it, is never both trained
-and tested.
+sentence as the query and its page without that sentence as the passage, the inverse cloze
+task). Every pair carries a ``group``: splits and folds (:func:`grouped_split`,
+:func:`grouped_folds`) never put one group on both sides, so a query, and any query sharing a
+relevant document with it, is never both trained and tested.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def _fast_dropout_type() -> type:
     return FastDropout
 
 
-def FastDropout(p: float) -> Any:  # noqa: N802 - a class, built on first use so importing layered needs no torch
+def FastDropout(p: float) -> Any:  # named as the class it builds; built on first use so importing layered needs no torch
     """A :class:`torch.nn.Module` applying inverted dropout with probability ``p`` (see module docstring)."""
     return _fast_dropout_type()(p)
 

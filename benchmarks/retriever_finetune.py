@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/retriever_finetune.py scifact PATH/TO/scifact [--folds 5] [--out benchmarks/results/retriever_finetune_scifact.md]
     .venv/bin/python benchmarks/retriever_finetune.py medquad [--topics 600] [--folds 5] [--out ...]
     recipe options: [--epochs N] [--lr X] [--negatives N] [--titles N] [--sentences N]
+    index: [--layout passages|sentences] [--fusion rrf|zscore] (other than passages + rrf: that hybrid, today's
+    default, is scored too, as "today's hybrid")
     one process per fold: ... --only F --save fold-F.json; then: retriever_finetune.py merge fold-*.json [--out ...]
 
 SciFact: the BEIR train split (the only split read), queries grouped so that queries sharing
@@ -26,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from layered.evaluation.retrieval import build_retrievers, evaluate_retriever, load_beir
+from layered.evaluation.retrieval import LAYOUTS, build_retrievers, evaluate_retriever, load_beir
+from layered.protocols import Retriever
 from layered.retrieval.embedders import SentenceTransformerEmbedder
 from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
                                         pairs_from_qrels, pairs_from_sentences, pairs_from_titles)
@@ -55,13 +58,16 @@ def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict
 
 
 def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig,
-             device: str) -> dict:
-    """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready)."""
+             device: str, today: Retriever | None = None) -> dict:
+    """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready);
+    ``today``: a reference retriever scored too (the passages hybrid, when ``base`` is another layout)."""
     _, queries, qrels, _ = data
     by_query = {q: qid for qid, q in queries.items()}
     test_ids = sorted({by_query[p.query] for p in test})
     test_queries, test_qrels = {q: queries[q] for q in test_ids}, {q: qrels[q] for q in test_ids}
     scores = {name: evaluate_retriever(r, test_queries, test_qrels) for name, r in base.items()}
+    if today is not None:
+        scores = {"today's hybrid": evaluate_retriever(today, test_queries, test_qrels), **scores}
     out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
     fit, val = grouped_split(train, config.validation, seed=config.seed)
     report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
@@ -72,10 +78,11 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
     # Fusion weights (dense, bm25) chosen on the fold's validation queries only.
     val_ids = sorted({by_query[p.query] for p in val})
     val_queries, val_qrels = {q: queries[q] for q in val_ids}, {q: qrels[q] for q in val_ids}
-    best = max(WEIGHTS, key=lambda w: evaluate_retriever(HybridRetriever(tuned.dense, weights=w, bm25=tuned.bm25), val_queries,
-                                                         val_qrels)["ndcg@10"])
-    scores["tuned hybrid, weighted"] = evaluate_retriever(HybridRetriever(tuned.dense, weights=best, bm25=tuned.bm25), test_queries,
-                                                          test_qrels)
+    def weighted(w: tuple[float, float]) -> HybridRetriever:
+        return HybridRetriever(tuned.dense, weights=w, bm25=tuned.bm25, fuse=tuned.fuse, fusion=tuned.fusion)
+
+    best = max(WEIGHTS, key=lambda w: evaluate_retriever(weighted(w), val_queries, val_qrels)["ndcg@10"])
+    scores["tuned hybrid, weighted"] = evaluate_retriever(weighted(best), test_queries, test_qrels)
     served = "tuned" if report.val_ndcg_tuned > report.val_ndcg_base else "base"
     scores["served hybrid"] = scores["tuned hybrid" if served == "tuned" else "hybrid"]
     row = {"fold": i, "test_queries": len(test_ids), "val_base": report.val_ndcg_base, "val_tuned": report.val_ndcg_tuned,
@@ -98,15 +105,18 @@ def report(rows: list[dict], header: str) -> str:
         lines.append(f"| {r['fold']} | {r['test_queries']} | {r['val_base']:.4f} -> {r['val_tuned']:.4f} | {r['epochs']} | {r['served']} | "
                      + " | ".join(f"{r['scores'][m]['ndcg@10']:.4f}" for m in names) + " |")
     mean = {m: {k: statistics.fmean(r["scores"][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
+    today = (f"fine-tuned hybrid - today's hybrid: {mean['tuned hybrid']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f}, "
+             f"served hybrid - today's hybrid: {mean['served hybrid']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f}; " if TODAY in mean else "")
     lines += ["", "## Mean over the held-out folds", "", "| retriever | nDCG@10 | recall@10 |", "|---|---|---|",
               *(f"| {m} | {v['ndcg@10']:.4f} | {v['recall@10']:.4f} |" for m, v in mean.items()), "",
-              f"Fine-tuned hybrid - base hybrid: {mean['tuned hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f} nDCG@10; "
+              f"{today}Fine-tuned hybrid - base hybrid: {mean['tuned hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f} nDCG@10; "
               f"served - base hybrid: {mean['served hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f}; "
               f"mean validation gain of the tuned embedder: {statistics.fmean(r['val_tuned'] - r['val_base'] for r in rows):+.4f}.", ""]
     return "\n".join(lines)
 
 
 WEIGHTS = [(1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5), (1.0, 2.0)]
+TODAY = "today's hybrid"
 
 
 def main() -> None:
@@ -122,6 +132,8 @@ def main() -> None:
     ap.add_argument("--titles", type=int, default=0, help="add this many (title -> document) pairs from the corpus alone")
     ap.add_argument("--sentences", type=int, default=0,
                     help="add this many (sentence -> its page without it) pairs from the corpus alone (inverse cloze task)")
+    ap.add_argument("--layout", choices=LAYOUTS, default="passages", help="how the corpus is indexed (default: passages)")
+    ap.add_argument("--fusion", choices=["rrf", "zscore"], default="rrf", help="how the hybrid fuses dense and BM25 (default: rrf)")
     ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
     ap.add_argument("--save", type=Path, help="also write the folds' rows and the recipe as JSON here (for merge)")
@@ -135,7 +147,8 @@ def main() -> None:
         docs, queries, qrels, pairs = data
         t = time.perf_counter()
         embedder = SentenceTransformerEmbedder(**({"model": args.model} if args.model else {}), device=args.device)
-        base = build_retrievers(docs, embedder=embedder, progress=True)
+        base = build_retrievers(docs, embedder=embedder, layout=args.layout, fusion=args.fusion, progress=True)
+        today = build_retrievers(docs, embedder=embedder)["hybrid"] if (args.layout, args.fusion) != ("passages", "rrf") else None
         print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
               f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
         config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")
@@ -143,10 +156,10 @@ def main() -> None:
         titles = [Pair(p.query, p.doc_id, "title:" + p.doc_id) for p in pairs_from_titles(titled)][: args.titles]
         sentences = pairs_from_sentences(docs, seed=0)[: args.sentences]
         extra = titles + sentences
-        rows = [run_fold(i, train, test, data, base, extra, config, args.device)
+        rows = [run_fold(i, train, test, data, base, extra, config, args.device, today)
                 for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)) if not args.only or i in args.only]
         header = (f"{len(docs)} documents, {len(pairs)} (query, document) pairs in {len({p.group for p in pairs})} groups; "
-                  f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}. "
+                  f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}, layout {args.layout}, fusion {args.fusion}. "
                   f"Recipe: {json.dumps(config.__dict__)}; {len(titles)} title pairs and "
                   f"{len(sentences)} sentence pairs added to every fold's training pairs.")
         if args.save:

@@ -108,9 +108,9 @@ def build_chunker(config: Mapping[str, Any], embedder: Any) -> Any:
     if kind == "token":
         most = config.get("max_chunks")
         return TokenChunker(size=int(config["size"]), overlap=int(config["overlap"]), tokenizer=tokenizer,
-                            max_chunks=None if most is None else int(most))
+                            max_chunks=None if most is None else int(most), title=bool(config.get("title", False)))
     if kind == "sentence":
-        return SentenceChunker(window=int(config["window"]), overlap=int(config["overlap"]))
+        return SentenceChunker(window=int(config["window"]), overlap=int(config["overlap"]), title=bool(config.get("title", False)))
     if kind == "semantic":
         return SemanticChunker(embedder, percentile=float(config["percentile"]), max_tokens=int(config["max_tokens"]), tokenizer=tokenizer)
     raise ConfigError(f"unknown chunker kind {kind!r} (known: token, sentence, semantic)")

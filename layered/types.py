@@ -31,7 +31,9 @@ class Chunk:
     """A piece of a :class:`Document` that is embedded and retrieved.
 
     ``start``/``end`` are character offsets into the document's text, so
-    ``document.text[start:end] == chunk.text``.
+    ``document.text[start:end] == chunk.text``. ``context`` is text from elsewhere in the
+    document that the chunk is read with when it is embedded, keyword-indexed or reranked (its
+    document's title, when the chunk does not contain it; empty: none): :attr:`indexed_text`.
     """
 
     id: str
@@ -41,6 +43,12 @@ class Chunk:
     start: int = 0
     end: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    context: str = ""
+
+    @property
+    def indexed_text(self) -> str:
+        """What retrieval reads: ``context``, a blank line, then ``text`` (``text`` alone without context)."""
+        return f"{self.context}\n\n{self.text}" if self.context else self.text
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,7 +57,7 @@ class Chunk:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Chunk":
-        return cls(**{**d, "metadata": dict(d.get("metadata") or {})})
+        return cls(**{**d, "metadata": dict(d.get("metadata") or {}), "context": str(d.get("context") or "")})
 
 
 @dataclass(frozen=True)

@@ -127,20 +127,37 @@ def run_beir(
     return {name: evaluate_retriever(retrievers[name], beir.queries, qrels, k=k) for name in names}
 
 
+#: Index layouts :func:`build_retrievers` knows: ``passages``, token chunks fused chunk by chunk
+#: (every retrieval number in README before 2026-12-04); ``sentences``, windows of 3 sentences
+#: (1 shared) read with their page's title, BM25 over whole pages, fused page by page.
+LAYOUTS = ("passages", "sentences")
+
+
 def build_retrievers(
     docs: Sequence[Document],
     *,
     embedder: object | None = None,
     chunk_size: int = BEIR_CHUNK_SIZE,
     chunk_overlap: int = BEIR_CHUNK_OVERLAP,
+    layout: str = "passages",
+    fusion: str = "rrf",
     progress: bool = False,
 ) -> dict[str, Retriever]:
     """Dense, BM25 and hybrid retrievers over one index of ``docs`` (embedded once), wired as
-    :func:`layered.retrieval.defaults.dense_retriever` wires every dense retriever."""
+    :func:`layered.retrieval.defaults.dense_retriever` wires every dense retriever, in one of
+    the :data:`LAYOUTS` (``chunk_size``/``chunk_overlap``: the ``passages`` layout's), the hybrid
+    fused by ``fusion`` (:class:`~layered.retrieval.hybrid.HybridRetriever`)."""
+    from layered.retrieval.bm25 import BM25Retriever
+    from layered.retrieval.chunkers import SentenceChunker
     from layered.retrieval.defaults import dense_retriever
     from layered.retrieval.hybrid import HybridRetriever
 
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown index layout {layout!r} (known: {', '.join(LAYOUTS)})")
     dense = dense_retriever(embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    if layout == "sentences":
+        dense.chunker = SentenceChunker(window=3, overlap=1, title=True)
     dense.add_documents(docs, progress=progress)
-    hybrid = HybridRetriever(dense)
+    hybrid = (HybridRetriever(dense, bm25=BM25Retriever(dense.store, unit="document"), fuse="document", fusion=fusion)
+              if layout == "sentences" else HybridRetriever(dense, fusion=fusion))
     return {"bm25": hybrid.bm25, "dense": dense, "hybrid": hybrid}

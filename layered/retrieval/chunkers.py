@@ -7,6 +7,11 @@
 * :class:`SemanticChunker`: cuts between adjacent sentences whose embeddings are least
   similar (below the ``percentile``-th percentile of the document's similarities), and
   whenever a chunk would exceed ``max_tokens``.
+
+With ``title=True`` (token and sentence chunkers), a chunk that does not contain its
+document's title carries it as :attr:`~layered.types.Chunk.context`, so a chunk from the
+middle of a page is still embedded and keyword-indexed as part of that page
+(:func:`document_title` says what counts as the title).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class TokenChunker:
     tokenizer: Tokenizer = field(default_factory=RegexTokenizer)
     max_chars: int = MAX_CHUNK_CHARS
     max_chunks: int | None = None
+    title: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -56,10 +62,11 @@ class TokenChunker:
 
     def config(self) -> dict[str, object]:
         tokenizer = "regex" if isinstance(self.tokenizer, RegexTokenizer) else "embedder"
-        return {"kind": "token", "size": self.size, "overlap": self.overlap, "tokenizer": tokenizer, "max_chunks": self.max_chunks}
+        return {"kind": "token", "size": self.size, "overlap": self.overlap, "tokenizer": tokenizer, "max_chunks": self.max_chunks,
+                **({"title": True} if self.title else {})}
 
     def split(self, docs: Iterable[Document]) -> list[Chunk]:
-        return [chunk for doc in docs for chunk in _chunks_from_groups(doc, self.spans(doc.text), self.max_chars)]
+        return [chunk for doc in docs for chunk in _chunks_from_groups(doc, self.spans(doc.text), self.max_chars, self.title)]
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the chunks of ``text`` (none longer than ``max_chars``)."""
@@ -127,11 +134,31 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _chunks_from_groups(doc: Document, groups: list[tuple[int, int]], max_chars: int = MAX_CHUNK_CHARS) -> list[Chunk]:
+#: A first paragraph longer than this is not taken for a title.
+MAX_TITLE_CHARS = 300
+
+
+def document_title(doc: Document) -> tuple[str, int]:
+    """(title, where it ends in ``doc.text``): the document's ``title`` metadata (ending at 0
+    when the text does not open with it), else its first paragraph when that is at most
+    :data:`MAX_TITLE_CHARS` characters and a blank line follows it (BEIR corpora, Markdown
+    headings); ``("", 0)`` when it has neither."""
+    meta = doc.metadata.get("title")
+    if isinstance(meta, str) and meta.strip():
+        title = meta.strip()
+        return title, len(title) if doc.text.startswith(title) else 0
+    cut = doc.text.find("\n\n")
+    head = doc.text[:cut].strip() if cut > 0 else ""
+    return (head, cut) if head and cut <= MAX_TITLE_CHARS else ("", 0)
+
+
+def _chunks_from_groups(doc: Document, groups: list[tuple[int, int]], max_chars: int = MAX_CHUNK_CHARS, title: bool = False) -> list[Chunk]:
     # No chunk longer than max_chars, whatever the splitter saw as one sentence or word.
     bounded = [(a, min(a + max_chars, e)) for s, e in groups for a in range(s, e, max_chars)]
+    head, head_end = document_title(doc) if title else ("", 0)
     return [
-        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[s:e], source=doc.source, start=s, end=e, metadata=dict(doc.metadata))
+        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[s:e], source=doc.source, start=s, end=e, metadata=dict(doc.metadata),
+              context=head if head and s >= head_end else "")
         for i, (s, e) in enumerate(bounded)
     ]
 
@@ -142,13 +169,14 @@ class SentenceChunker:
 
     window: int = 4
     overlap: int = 1
+    title: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1 or not 0 <= self.overlap < self.window:
             raise ConfigError(f"need window >= 1 and 0 <= overlap < window, got window={self.window}, overlap={self.overlap}")
 
     def config(self) -> dict[str, object]:
-        return {"kind": "sentence", "window": self.window, "overlap": self.overlap}
+        return {"kind": "sentence", "window": self.window, "overlap": self.overlap, **({"title": True} if self.title else {})}
 
     def split(self, docs: Iterable[Document]) -> list[Chunk]:
         out: list[Chunk] = []
@@ -161,7 +189,7 @@ class SentenceChunker:
                 groups.append((part[0][0], part[-1][1]))
                 if i + self.window >= len(sents):
                     break
-            out.extend(_chunks_from_groups(doc, groups))
+            out.extend(_chunks_from_groups(doc, groups, title=self.title))
         return out
 
 

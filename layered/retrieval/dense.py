@@ -116,7 +116,7 @@ class DenseRetriever:
         chunks: list[Chunk] = self.chunker.split(todo)
         if chunks:
             log.info("embedding %d chunks of %d new or changed documents", len(chunks), len(todo))
-        vectors = (embed or embed_in_batches)(self.embedder, [c.text for c in chunks], progress=progress)
+        vectors = (embed or embed_in_batches)(self.embedder, [c.indexed_text for c in chunks], progress=progress)
         # Upsert: a changed (or emptied) document loses all its old chunks, even if it now has fewer.
         replaced = {d.id for d in todo} | {d.id for d in docs if not d.text.strip() and d.id in existing}
         self.store.delete(c.id for c in self.store.chunks() if c.doc_id in replaced)
@@ -143,7 +143,7 @@ class DenseRetriever:
         chunks = list(self.store.chunks())
         store = empty_like(embedder.dim)
         if chunks:
-            store.add(chunks, embed_in_batches(embedder, [c.text for c in chunks], progress=progress))
+            store.add(chunks, embed_in_batches(embedder, [c.indexed_text for c in chunks], progress=progress))
         return DenseRetriever(embedder=embedder, store=store, chunker=self.chunker)
 
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:

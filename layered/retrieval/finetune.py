@@ -233,7 +233,7 @@ def positive_passages(pairs: Sequence[Pair], chunks: Sequence[Chunk]) -> dict[st
     by_doc: dict[str, list[str]] = {}
     for c in chunks:
         if c.doc_id in wanted:
-            by_doc.setdefault(c.doc_id, []).append(c.text)
+            by_doc.setdefault(c.doc_id, []).append(c.indexed_text)
     missing = wanted - set(by_doc)
     if missing:
         raise InputError(f"{len(missing)} pair documents are not in the index (e.g. {sorted(missing)[0]!r})")
@@ -259,8 +259,8 @@ def mine_triplets(pairs: Sequence[Pair], retriever: Any, chunks: Sequence[Chunk]
     out = []
     for p in tqdm(pairs, desc="mining negatives", unit="pair", leave=False, disable=len(pairs) < 200):
         hits = retriever.retrieve(p.query, k=config.negative_depth)
-        own = [h.chunk.text for h in hits if h.chunk.doc_id == p.doc_id]
-        others = list(dict.fromkeys(h.chunk.text for h in hits if h.chunk.doc_id not in positives[p.query]))
+        own = [h.chunk.indexed_text for h in hits if h.chunk.doc_id == p.doc_id]
+        others = list(dict.fromkeys(h.chunk.indexed_text for h in hits if h.chunk.doc_id not in positives[p.query]))
         positive = p.passage or (own[0] if own else passages[p.doc_id][0])
         pool = others[config.negative_skip:] or others
         if pool:
@@ -276,7 +276,7 @@ def validation_pool(pairs: Sequence[Pair], retriever: Any, chunks: Sequence[Chun
     index must get right, not on a handful of mined triplets."""
     by_doc: dict[str, list[str]] = {}
     for c in chunks:
-        by_doc.setdefault(c.doc_id, []).append(c.text)
+        by_doc.setdefault(c.doc_id, []).append(c.indexed_text)
     ids: dict[str, str] = {}
     qids: dict[str, str] = {}
     relevant: dict[str, set[str]] = {}
@@ -286,7 +286,7 @@ def validation_pool(pairs: Sequence[Pair], retriever: Any, chunks: Sequence[Chun
             relevant.setdefault(qid, set()).add(ids.setdefault(text, f"p{len(ids)}"))
     for q in qids:
         for h in retriever.retrieve(q, k=depth):
-            ids.setdefault(h.chunk.text, f"p{len(ids)}")
+            ids.setdefault(h.chunk.indexed_text, f"p{len(ids)}")
     return {qid: q for q, qid in qids.items()}, {pid: text for text, pid in ids.items()}, relevant
 
 

@@ -46,7 +46,7 @@ class CrossEncoderReranker:
     def scores(self, query: str, hits: Sequence[Hit]) -> list[float]:
         if not hits:
             return []
-        out = self._load().predict([(query, h.chunk.text) for h in hits], batch_size=self.batch_size, show_progress_bar=False)
+        out = self._load().predict([(query, h.chunk.indexed_text) for h in hits], batch_size=self.batch_size, show_progress_bar=False)
         return [float(s) for s in out]
 
     def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:

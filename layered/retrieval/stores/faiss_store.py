@@ -144,6 +144,13 @@ class FaissStore:
         ]
         return [Hit(chunk=h.chunk, score=h.score, rank=r) for r, h in enumerate(hits, start=1)]
 
+    def vectors(self, chunk_ids: Sequence[str]) -> np.ndarray:
+        """The stored (unit-length) vectors of ``chunk_ids``, one row each, in order; raises
+        ``KeyError`` for an id that is not stored."""
+        if not chunk_ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.vstack([self._index.reconstruct(self._ids[c]) for c in chunk_ids])
+
     def delete(self, chunk_ids: Iterable[str]) -> int:
         ids = [self._ids.pop(c) for c in list(chunk_ids) if c in self._ids]
         if ids:

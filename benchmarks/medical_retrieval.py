@@ -5,7 +5,8 @@
 Each option indexes all 16,407 MedQuAD pages exactly as the assistant does (one passage per page,
 its first 200 tokens, the embedder reading 128: ``pipelines/medical.build_base``) with the
 embedder at one precision, then answers the validation questions of ``medical.splits()`` (topics
-split 80/10/10, seed 0) dense and hybrid (BM25 fused by RRF, the library's defaults). Relevant:
+split 80/10/10, seed 0) dense and hybrid (BM25 fused by RRF, and by z-scores, the library's
+default since 2026-12-04). Relevant:
 the question's own page. Reported: index time, query p50, hit@3 (the assistant serves k=3),
 MRR@10 and nDCG@10. Run with nothing else on the machine.
 """
@@ -38,7 +39,7 @@ def score(retriever, questions) -> tuple[dict[str, float], float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--precisions", nargs="+", default=["auto", "int8"])
+    ap.add_argument("--precisions", nargs="+", default=["bfloat16"], help="embedder precisions (default: the assistant's, bfloat16)")
     ap.add_argument("--out", default="benchmarks/results/medical_retrieval.md")
     args = ap.parse_args()
     questions = medical.splits().validation
@@ -49,7 +50,8 @@ def main() -> None:
         built = time.perf_counter() - t
         dense = pipe.retriever
         runs_as = dense.embedder.runs_as
-        for name, retriever in (("dense", dense), ("hybrid", HybridRetriever(dense))):
+        options = (("dense", dense), ("hybrid (RRF)", HybridRetriever(dense, fusion="rrf")), ("hybrid (z-scores)", HybridRetriever(dense)))
+        for name, retriever in options:
             metrics, p50 = score(retriever, questions)
             rows.append((runs_as, name, built, p50, metrics))
             print(runs_as, name, f"index {built:.0f} s", f"query p50 {p50:.1f} ms", metrics, flush=True)

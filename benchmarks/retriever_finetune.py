@@ -28,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from layered.evaluation.retrieval import LAYOUTS, build_retrievers, evaluate_retriever, load_beir
+from layered.evaluation.retrieval import build_retrievers, evaluate_retriever, load_beir
 from layered.protocols import Retriever
+from layered.retrieval.defaults import LAYOUTS
 from layered.retrieval.embedders import SentenceTransformerEmbedder
 from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
                                         pairs_from_qrels, pairs_from_sentences, pairs_from_titles)
@@ -133,7 +134,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=0,
                     help="add this many (sentence -> its page without it) pairs from the corpus alone (inverse cloze task)")
     ap.add_argument("--layout", choices=LAYOUTS, default="passages", help="how the corpus is indexed (default: passages)")
-    ap.add_argument("--fusion", choices=["rrf", "zscore"], default="rrf", help="how the hybrid fuses dense and BM25 (default: rrf)")
+    ap.add_argument("--fusion", choices=["rrf", "zscore"], default="rrf", help="how the hybrid fuses dense and BM25 (default: rrf, as in runs 1-7)")
     ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
     ap.add_argument("--save", type=Path, help="also write the folds' rows and the recipe as JSON here (for merge)")
@@ -148,7 +149,7 @@ def main() -> None:
         t = time.perf_counter()
         embedder = SentenceTransformerEmbedder(**({"model": args.model} if args.model else {}), device=args.device)
         base = build_retrievers(docs, embedder=embedder, layout=args.layout, fusion=args.fusion, progress=True)
-        today = build_retrievers(docs, embedder=embedder)["hybrid"] if (args.layout, args.fusion) != ("passages", "rrf") else None
+        today = build_retrievers(docs, embedder=embedder, fusion="rrf")["hybrid"] if (args.layout, args.fusion) != ("passages", "rrf") else None
         print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
               f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
         config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")

@@ -135,7 +135,7 @@ def _index_into(args: argparse.Namespace, loader: dict[str, Any], embed: Any) ->
             log.info("pruned %d documents no longer in %s", pipe.delete_documents(sorted(gone)), args.path)
     else:
         pipe = Pipeline.from_defaults(args.path, k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
-                                      hybrid=args.hybrid, progress=not args.quiet, embed=embed, **loader)
+                                      hybrid=args.hybrid, layout=args.layout, progress=not args.quiet, embed=embed, **loader)
     return pipe
 
 
@@ -189,7 +189,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from layered.evaluation.retrieval import markdown_table, run_beir
 
     results = run_beir(args.data, split=args.split, k=args.k, retriever=args.retriever, custom=args.custom,
-                       max_queries=args.max_queries, progress=not args.quiet)
+                       max_queries=args.max_queries, layout=args.layout, progress=not args.quiet)
     print(markdown_table(results))
     if args.out:
         atomic_write_json(args.out, {"data": str(args.data), "k": args.k, "results": results})

@@ -45,7 +45,10 @@ def _index(sub: Commands) -> None:
     ix.add_argument("path", help="file or folder to index")
     ix.add_argument("--out", required=True, help="folder to save the pipeline to (replaced atomically)")
     ix.add_argument("--prune", action="store_true", help="when updating DIR, delete documents that are no longer in PATH")
-    ix.add_argument("--hybrid", action="store_true", help="new index: fuse BM25 with dense search (RRF)")
+    ix.add_argument("--hybrid", action="store_true", help="new index: fuse BM25 with dense search (z-scores of both)")
+    ix.add_argument("--layout", choices=["passages", "sentences"], default="passages",
+                    help="new index: token chunks (passages, default) or 3-sentence windows read with their page's title, "
+                         "a hybrid's BM25 over whole pages (sentences)")
     ix.add_argument("--chunk-size", type=int, default=200, help="tokens per chunk (default 200)")
     ix.add_argument("--chunk-overlap", type=int, default=40, help="tokens shared by neighbouring chunks (default 40)")
     ix.add_argument("--text-field", action="append", dest="text_fields", metavar="FIELD",
@@ -88,6 +91,7 @@ def _eval(sub: Commands) -> None:
     ev.add_argument("--split", help="pick queries_SPLIT.jsonl / qrels_SPLIT.tsv when a folder has several")
     ev.add_argument("-k", type=int, default=10, help="cut-off for the metrics (default 10)")
     ev.add_argument("--retriever", choices=["all", "bm25", "dense", "hybrid"], default="all")
+    ev.add_argument("--layout", choices=["passages", "sentences"], default="passages", help="index layout (as layered index --layout)")
     ev.add_argument("--custom", metavar="FILE.py:NAME",
                     help="evaluate your own retriever instead: NAME (in FILE.py, or module:NAME) is called with the corpus "
                          "documents and returns an object with retrieve(query, *, k, filters)")

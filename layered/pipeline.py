@@ -85,16 +85,17 @@ class Pipeline:
     def from_defaults(
         cls, corpus: str | Path | Sequence[Document] | None = None, *, k: int = 4, chunk_size: int = CHUNK_SIZE,
         chunk_overlap: int = CHUNK_OVERLAP, max_new_tokens: int = 256, prompt: PromptTemplate | None = None, progress: bool = False,
-        metadata: dict[str, Any] | None = None, hybrid: bool = False, embed: Any = None, **loader_options: Any,
+        metadata: dict[str, Any] | None = None, hybrid: bool = False, layout: str = "passages", embed: Any = None, **loader_options: Any,
     ) -> "Pipeline":
         """A pipeline on the embedded defaults: MiniLM embeddings in FAISS, SmolLM2 generator. ``corpus``
-        is indexed now (:func:`layered.retrieval.defaults.index_corpus`; ``embed``: where its chunks are
+        is indexed now (:func:`layered.retrieval.defaults.index_corpus`, in one of its ``LAYOUTS``; ``embed``: where its chunks are
         embedded, e.g. a :class:`~layered.retrieval.distributed.RayEmbedding`); the generator loads on first use."""
         from layered.generation.transformers_generator import TransformersGenerator
         from layered.retrieval.defaults import index_corpus
 
         retriever = None if corpus is None else index_corpus(
-            corpus, chunk_size=chunk_size, chunk_overlap=chunk_overlap, hybrid=hybrid, progress=progress, embed=embed, **loader_options)
+            corpus, chunk_size=chunk_size, chunk_overlap=chunk_overlap, hybrid=hybrid, layout=layout, progress=progress, embed=embed,
+            **loader_options)
         return cls(generator=TransformersGenerator(max_new_tokens=max_new_tokens), retriever=retriever, prompt=prompt, k=k, metadata=metadata)
 
     def warm_up(self) -> "Pipeline":

@@ -105,13 +105,14 @@ def markdown_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 def run_beir(
     data: str | Path, *, split: str | None = None, k: int = 10, retriever: str = "all", custom: str | None = None,
-    max_queries: int | None = None, progress: bool = False,
+    max_queries: int | None = None, layout: str = "passages", progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """The ``layered eval retrieval`` workflow: ``{retriever name: metrics}`` on the BEIR folder ``data``.
 
     ``retriever`` picks one of :func:`build_retrievers` (``"all"``: each); ``custom``
     (``FILE.py:NAME`` or ``module:NAME``) names a callable that takes the corpus documents and
-    returns a retriever, evaluated instead. ``max_queries`` keeps the first N judged queries.
+    returns a retriever, evaluated instead. ``max_queries`` keeps the first N judged queries;
+    ``layout``: one of :data:`layered.retrieval.defaults.LAYOUTS`.
     """
     from layered.registry import load_object
 
@@ -122,15 +123,9 @@ def run_beir(
         retrievers = {custom.rpartition(":")[2]: load_object(custom)(beir.corpus)}
         names = list(retrievers)
     else:
-        retrievers = build_retrievers(beir.corpus, progress=progress)
+        retrievers = build_retrievers(beir.corpus, layout=layout, progress=progress)
         names = list(retrievers) if retriever == "all" else [retriever]
     return {name: evaluate_retriever(retrievers[name], beir.queries, qrels, k=k) for name in names}
-
-
-#: Index layouts :func:`build_retrievers` knows: ``passages``, token chunks fused chunk by chunk
-#: (every retrieval number in README before 2026-12-04); ``sentences``, windows of 3 sentences
-#: (1 shared) read with their page's title, BM25 over whole pages, fused page by page.
-LAYOUTS = ("passages", "sentences")
 
 
 def build_retrievers(
@@ -140,24 +135,14 @@ def build_retrievers(
     chunk_size: int = BEIR_CHUNK_SIZE,
     chunk_overlap: int = BEIR_CHUNK_OVERLAP,
     layout: str = "passages",
-    fusion: str = "rrf",
+    fusion: str = "zscore",
     progress: bool = False,
 ) -> dict[str, Retriever]:
     """Dense, BM25 and hybrid retrievers over one index of ``docs`` (embedded once), wired as
-    :func:`layered.retrieval.defaults.dense_retriever` wires every dense retriever, in one of
-    the :data:`LAYOUTS` (``chunk_size``/``chunk_overlap``: the ``passages`` layout's), the hybrid
-    fused by ``fusion`` (:class:`~layered.retrieval.hybrid.HybridRetriever`)."""
-    from layered.retrieval.bm25 import BM25Retriever
-    from layered.retrieval.chunkers import SentenceChunker
-    from layered.retrieval.defaults import dense_retriever
-    from layered.retrieval.hybrid import HybridRetriever
+    :func:`layered.retrieval.defaults.layout_retriever` wires them (``chunk_size``/``chunk_overlap``:
+    the ``passages`` layout's; ``fusion``: the hybrid's, ``"rrf"`` or ``"zscore"``)."""
+    from layered.retrieval.defaults import layout_retriever
 
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown index layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    dense = dense_retriever(embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-    if layout == "sentences":
-        dense.chunker = SentenceChunker(window=3, overlap=1, title=True)
-    dense.add_documents(docs, progress=progress)
-    hybrid = (HybridRetriever(dense, bm25=BM25Retriever(dense.store, unit="document"), fuse="document", fusion=fusion)
-              if layout == "sentences" else HybridRetriever(dense, fusion=fusion))
-    return {"bm25": hybrid.bm25, "dense": dense, "hybrid": hybrid}
+    hybrid = layout_retriever(layout, embedder, hybrid=True, fusion=fusion, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    hybrid.add_documents(docs, progress=progress)
+    return {"bm25": hybrid.bm25, "dense": hybrid.dense, "hybrid": hybrid}

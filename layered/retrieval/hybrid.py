@@ -55,7 +55,8 @@ class HybridRetriever:
     (``fuse="document"``: documents, each represented by its best chunk, so the dense side
     reads ``4 * candidates`` chunks). Indexing goes through the dense side's store, and BM25
     follows the store, so both always cover the same chunks. Filters are applied inside both
-    queries. ``fusion`` is ``"rrf"`` or ``"zscore"`` (module docstring); z-score fusion reads
+    queries. ``fusion`` is ``"zscore"`` (the default) or ``"rrf"`` (module docstring; hybrids
+    saved before z-score fusion existed load as ``"rrf"``, as they were built); z-score fusion reads
     stored vectors for candidates only BM25 found when the store has ``vectors(ids)`` (FAISS
     does), else it gives them the lowest dense score seen.
     """
@@ -71,7 +72,7 @@ class HybridRetriever:
         candidates: int = 50,
         bm25: BM25Retriever | None = None,
         fuse: str = "chunk",
-        fusion: str = "rrf",
+        fusion: str = "zscore",
     ) -> None:
         if len(weights) != 2 or min(weights) < 0 or max(weights) == 0:
             raise ConfigError(f"weights must be two non-negative numbers, not both 0; got {weights}")
@@ -172,7 +173,7 @@ class HybridRetriever:
         return {
             "kind": self.kind, "dense": self.dense.config(), "bm25": self.bm25.config(),
             "weights": list(self.weights), "rrf_k": self.rrf_k, "candidates": self.candidates,
-            **({"fuse": self.fuse} if self.fuse != "chunk" else {}), **({"fusion": self.fusion} if self.fusion != "rrf" else {}),
+            **({"fuse": self.fuse} if self.fuse != "chunk" else {}), "fusion": self.fusion,
         }
 
     def save(self, folder: Path) -> None:
@@ -184,4 +185,4 @@ class HybridRetriever:
         b = config.get("bm25", {})
         bm25 = BM25Retriever(dense.store, k1=b.get("k1", 1.5), b=b.get("b", 0.75), stem=b.get("stem", True), unit=b.get("unit", "chunk"))
         return cls(dense, weights=tuple(config["weights"]), rrf_k=int(config["rrf_k"]), candidates=int(config["candidates"]), bm25=bm25,
-                   fuse=config.get("fuse", "chunk"), fusion=config.get("fusion", "rrf"))
+                   fuse=config.get("fuse", "chunk"), fusion=config.get("fusion", "rrf"))  # saved before 2026-12-04: RRF

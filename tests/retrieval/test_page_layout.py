@@ -7,6 +7,7 @@ from layered.errors import ConfigError
 from layered.evaluation.retrieval import build_retrievers
 from layered.retrieval.bm25 import BM25Retriever, _page_text
 from layered.retrieval.chunkers import SentenceChunker, TokenChunker, document_title
+from layered.retrieval.defaults import layout_retriever
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.retrieval.hybrid import HybridRetriever
@@ -124,8 +125,21 @@ def test_layout_and_fusion_survive_save_and_load(docs, tiny_generator, tmp_path)
         HybridRetriever(loaded.dense, fusion="max")
 
 
-def test_build_retrievers_knows_its_layouts(docs):
-    retrievers = build_retrievers(docs[:10], embedder=HashingEmbedder(64), layout="sentences", fusion="zscore")
+def test_layouts_wire_chunker_bm25_and_fusion(docs):
+    retrievers = build_retrievers(docs[:10], embedder=HashingEmbedder(64), layout="sentences")
     assert retrievers["hybrid"].fuse == "document" and retrievers["bm25"].unit == "document"
-    with pytest.raises(Exception, match="unknown index layout"):
+    assert retrievers["hybrid"].fusion == "zscore" and isinstance(retrievers["dense"].chunker, SentenceChunker)
+    passages = layout_retriever("passages", HashingEmbedder(64), hybrid=True, fusion="rrf")
+    assert (passages.fuse, passages.fusion, passages.bm25.unit) == ("chunk", "rrf", "chunk")
+    dense = layout_retriever("sentences", HashingEmbedder(64))
+    assert isinstance(dense, DenseRetriever) and dense.chunker.title
+    with pytest.raises(ConfigError, match="unknown index layout"):
         build_retrievers(docs[:10], embedder=HashingEmbedder(64), layout="pages")
+
+
+def test_hybrids_saved_before_zscore_fusion_load_as_rrf(docs, tmp_path):
+    hybrid = _hybrid(docs)
+    hybrid.save(tmp_path)
+    assert HybridRetriever.load(tmp_path, hybrid.config()).fusion == "zscore"
+    old = {k: v for k, v in hybrid.config().items() if k != "fusion"}  # what a hybrid saved before 2026-12-04 wrote
+    assert HybridRetriever.load(tmp_path, old).fusion == "rrf"

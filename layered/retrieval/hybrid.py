@@ -7,7 +7,7 @@ the cosine similarity and the BM25 score, standardises each side over the candid
 adds them with the weights: it keeps how much better one candidate is than the next, which
 ranks throw away (a convex combination of normalised scores; Bruch et al., 2023, found it
 ahead of RRF). On SciFact train it is 1.3 to 2.2 points of nDCG@10 ahead of RRF
-(``benchmarks/results/scifact_retrieval.md``).
+(README, "Retrieval"; chosen on those same queries).
 """
 
 from __future__ import annotations

@@ -93,9 +93,8 @@ class Pipeline:
         from layered.generation.transformers_generator import TransformersGenerator
         from layered.retrieval.defaults import index_corpus
 
-        retriever = None if corpus is None else index_corpus(
-            corpus, chunk_size=chunk_size, chunk_overlap=chunk_overlap, hybrid=hybrid, layout=layout, progress=progress, embed=embed,
-            **loader_options)
+        index = dict(chunk_size=chunk_size, chunk_overlap=chunk_overlap, hybrid=hybrid, layout=layout, progress=progress, embed=embed)
+        retriever = None if corpus is None else index_corpus(corpus, **index, **loader_options)
         return cls(generator=TransformersGenerator(max_new_tokens=max_new_tokens), retriever=retriever, prompt=prompt, k=k, metadata=metadata)
 
     def warm_up(self) -> "Pipeline":

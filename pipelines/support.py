@@ -89,8 +89,8 @@ def manual_documents(folder: Path = MANUALS) -> list[Document]:
             for d in load_documents(folder, include=["*.md"])]
 
 
-#: The embedder's precision (see the note in :func:`build`).
-EMBED_PRECISION = "bfloat16"
+#: The embedder's precision: fp32 on every CPU, as the medical assistant's (``medical.EMBED_PRECISION``).
+EMBED_PRECISION = "float32"
 
 
 def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
@@ -101,8 +101,8 @@ def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
     from layered.retrieval.embedders import SentenceTransformerEmbedder
     from layered.retrieval.scoped import ScopedRetriever
 
-    # bf16, not the library's int8 default: the shipped adapter was trained on the passages bf16
-    # retrieval found, and its recipe reproduces it only with them.
+    # EMBED_PRECISION: the shipped adapter was trained on the passages this retrieval finds, and
+    # its recipe reproduces it only with them.
     embedder = SentenceTransformerEmbedder(precision=EMBED_PRECISION)
     dense = DenseRetriever(embedder=embedder, chunker=TokenChunker(size=200, overlap=40, tokenizer=embedder.tokenizer()))
     retriever = ScopedRetriever(dense, ROUTER, SCOPES)
@@ -131,7 +131,8 @@ def recipe() -> dict[str, Any]:
 
     return {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": list(ALL_LINEAR), "learning_rate": 1e-3,
             "batch_size": 4, "max_steps": 30, "eval_every": 15, "checkpoint_every": 30, "seed": 0,
-            "dropout_masks": "torch"}  # the random stream the shipped adapter was trained with
+            "dropout_masks": "torch",  # the random stream the shipped adapter was trained with
+            "precision": "float32"}  # as the medical recipe's
 
 
 #: The name the shipped policy adapter is trained and served under (the router's pick for policy questions).

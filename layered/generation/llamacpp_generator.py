@@ -9,7 +9,8 @@ the answer.
 
 Requests decode through :class:`~layered.generation.llamacpp_batch.BatchEngine`: up to
 ``parallel`` requests from any threads share each llama.cpp step (continuous batching),
-and a request's greedy answer is the same whether it ran alone or beside others.
+and a request's greedy answer is the same whether it ran alone or beside others (but at
+floating-point near-ties of its logits: :mod:`~layered.generation.llamacpp_batch`).
 
 By default a quantized GGUF is served with its weights widened to F16
 (:mod:`layered.generation.gguf_weights`): llama.cpp then computes what the transformers

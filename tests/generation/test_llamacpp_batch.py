@@ -62,13 +62,47 @@ def _concurrently(work, n):
     return results
 
 
-def test_batched_greedy_tokens_equal_each_request_alone(generator):
+#: The widest gap between the two best (penalised) logits at which a batched answer may part
+#: from its solo one. On an AVX2 CPU one answer of 20 parted at a gap of 0.0014 (" your" 21.8091
+#: against " an" 21.8105), in one run of two: llama.cpp's sums depend on the batch's shape. A
+#: wrong KV cell, position or adapter moves logits by far more than this.
+NEAR_TIE = 0.02
+
+
+def _gap(reference, prompt: list[int], prefix: list[int], picks: tuple[int, int]) -> float:
+    """|logit a - logit b| after ``prefix``, with the sampler's repeat penalty, as a lone
+    llama.cpp context computes them (``picks``: the solo and the batched token there)."""
+    import numpy as np
+
+    sampling = Sampling()
+    reference.reset()
+    reference.eval(prompt + prefix)
+    logits = np.array(reference.scores[reference.n_tokens - 1], dtype=np.float64)
+    for t in set(prefix[-sampling.penalty_last_n:]):
+        logits[t] = logits[t] / sampling.repeat_penalty if logits[t] > 0 else logits[t] * sampling.repeat_penalty
+    return abs(float(logits[picks[0]] - logits[picks[1]]))
+
+
+def _token(tokens: list[int], j: int, eos: int) -> int:
+    return tokens[j] if j < len(tokens) else eos
+
+
+def test_batched_greedy_tokens_equal_each_request_alone_but_at_near_ties(generator, weights):
+    from llama_cpp import Llama
+
     prompts = [_prompt(q) for q in QUESTIONS]
     alone = [list(generator.submit(p).tokens()) for p in prompts]
     together = _concurrently(lambda i: list(generator.submit(prompts[i]).tokens()), len(prompts))
     assert all(alone) and sum(map(len, alone)) > 10 * len(alone)  # real answers, not empty ones
-    differing = [QUESTIONS[i] for i, (a, b) in enumerate(zip(alone, together)) if a != b]
-    assert differing == [], f"batched output differs from solo for {differing}"
+    parted = {i: next(j for j, (x, y) in enumerate(zip([*a, -1], [*b, -1])) if x != y)
+              for i, (a, b) in enumerate(zip(alone, together)) if a != b}
+    if parted:  # each at a near-tie of the solo answer's logits (-1: the answer ended there)
+        reference = Llama(model_path=str(weights), n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
+        eos = reference.token_eos()
+        gaps = {QUESTIONS[i]: _gap(reference, _ids(prompts[i]), alone[i][:j], (_token(alone[i], j, eos), _token(together[i], j, eos)))
+                for i, j in parted.items()}
+        assert max(gaps.values()) < NEAR_TIE, f"batched output parts from solo beyond a near-tie: {gaps}"
+        assert len(parted) <= 2, f"batched output differs from solo for {sorted(gaps)}"  # near-ties are rare
     # And the text the generator returns is the same too.
     texts = _concurrently(lambda i: generator.generate(prompts[i]).text, 4)
     assert texts == [generator.generate(p).text for p in prompts[:4]]

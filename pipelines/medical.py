@@ -68,8 +68,8 @@ PASSAGE_TOKENS = 200
 EMBED_TOKENS = 128
 #: The embedder's precision: fp32, not the library's int8 default nor bf16, so that retrieval, and
 #: with it the shipped adapter's training contexts, is the same on every CPU (its recipe reproduces
-#: the recorded losses only with them). bf16 is 2.3x faster where the CPU has it natively, but
-#: emulated on one without (AVX2 only) it was 7x *slower* than fp32 (6.1 vs 41.9 pages/s here).
+#: the recorded losses only with them). bf16 is 1.8x faster where the CPU has it natively (README,
+#: "Measured here"), but emulated on one without (AVX2 only) 7x *slower* than fp32 (6.1 vs 41.9 pages/s).
 EMBED_PRECISION = "float32"
 
 

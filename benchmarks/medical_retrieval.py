@@ -1,6 +1,6 @@
 """The medical assistant's retrieval options, measured on its own validation split (never test).
 
-    .venv/bin/python benchmarks/medical_retrieval.py [--precisions auto int8] [--out benchmarks/results/medical_retrieval.md]
+    .venv/bin/python benchmarks/medical_retrieval.py [--precisions float32 int8] [--out benchmarks/results/medical_retrieval.md]
 
 Each option indexes all 16,407 MedQuAD pages exactly as the assistant does (one passage per page,
 its first 200 tokens, the embedder reading 128: ``pipelines/medical.build_base``) with the
@@ -39,7 +39,8 @@ def score(retriever, questions) -> tuple[dict[str, float], float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--precisions", nargs="+", default=["bfloat16"], help="embedder precisions (default: the assistant's, bfloat16)")
+    ap.add_argument("--precisions", nargs="+", default=[medical.EMBED_PRECISION],
+                    help=f"embedder precisions (default: the assistant's, {medical.EMBED_PRECISION})")
     ap.add_argument("--out", default="benchmarks/results/medical_retrieval.md")
     args = ap.parse_args()
     questions = medical.splits().validation

@@ -10,7 +10,7 @@ import importlib
 import logging
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from layered.errors import ArtifactError, ConfigError
 
@@ -37,11 +37,12 @@ def cache_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir else shared() / f"demo-{name}"
 
 
-def cached_pipeline(cache: Path, *, key: str, digest: str, build: Callable[[], "Pipeline"], rebuild: bool = False,
+def cached_pipeline(cache: Path, *, expect: Mapping[str, str], build: Callable[[], "Pipeline"], rebuild: bool = False,
                     **load_options: Any) -> tuple["Pipeline", bool]:
     """The pipeline saved in ``cache`` when it loads intact, carries no adapter (adapters come
-    from the package, never the cache) and its ``metadata[key]`` is ``digest`` (the hash of what
-    it was built from); else ``build()``, saved to ``cache`` atomically. Returns ``(pipeline, reused)``."""
+    from the package, never the cache) and its metadata holds every ``expect`` item (the hash of
+    what it was built from, and how it was embedded: an index embedded otherwise is not reused);
+    else ``build()``, saved to ``cache`` atomically. Returns ``(pipeline, reused)``."""
     from layered.pipeline import Pipeline
     from layered.protocols import AdapterHost
 
@@ -51,9 +52,10 @@ def cached_pipeline(cache: Path, *, key: str, digest: str, build: Callable[[], "
         except ArtifactError as e:
             log.warning("ignoring the cached pipeline in %s (%s); rebuilding", cache, e)
         else:
-            if cached.metadata.get(key) == digest and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
+            stale = sorted(k for k, v in expect.items() if cached.metadata.get(k) != v)
+            if not stale and not (isinstance(cached.generator, AdapterHost) and cached.generator.adapters):
                 return cached, True
-            log.info("the cached pipeline in %s was built from other data; rebuilding", cache)
+            log.info("the cached pipeline in %s was built otherwise (%s); rebuilding", cache, ", ".join(stale) or "adapters")
     pipe = build()
     pipe.save(cache)
     return pipe, False

@@ -15,7 +15,7 @@
   LoRA), with unsupported answer sentences dropped (``grounding="drop"``) and questions the
   sources do not cover refused (:data:`MIN_SCORE`).
 
-``layered demo medical`` indexes once into a cache folder (keyed by the corpus' sha256) and
+``layered demo medical`` indexes once into a cache folder (keyed by the corpus' sha256 and the embedding precision) and
 reuses it later; the adapter always comes from the package, checked against its manifest.
 """
 
@@ -87,7 +87,8 @@ def build_base(corpus: Path = KB_PATH, *, progress: bool = False, precision: str
     retriever.add_documents(load_documents(corpus), progress=progress)
     generator = TransformersGenerator(max_new_tokens=max(MEDICAL_PROMPT.answer_tokens.values()))
     return Pipeline(generator=generator, retriever=retriever, prompt=MEDICAL_PROMPT, k=K, min_score=MIN_SCORE,
-                    refusal=REFUSAL, grounding="drop", metadata={"corpus_sha256": sha256_file(corpus), "corpus": corpus.name})
+                    refusal=REFUSAL, grounding="drop", metadata={"corpus_sha256": sha256_file(corpus), "corpus": corpus.name,
+                                                        "embed_precision": precision})
 
 
 def with_adapter(pipe: Pipeline) -> Pipeline:
@@ -108,7 +109,8 @@ def load_or_build(
     the package, never from the cache).
     """
     # The prompt is this library's current one; only the index is reused from the cache.
-    pipe, reused = cached_pipeline(cache, key="corpus_sha256", digest=sha256_file(corpus), rebuild=rebuild,
+    expect = {"corpus_sha256": sha256_file(corpus), "embed_precision": EMBED_PRECISION}
+    pipe, reused = cached_pipeline(cache, expect=expect, rebuild=rebuild,
                                    build=lambda: build_base(corpus, progress=progress), prompt=MEDICAL_PROMPT)
     if reused:
         pipe = pipe.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K)

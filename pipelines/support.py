@@ -108,7 +108,7 @@ def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
     retriever = ScopedRetriever(dense, ROUTER, SCOPES)
     retriever.add_documents([*manual_documents(), *guideline_documents()], progress=progress)
     return Pipeline(generator=TransformersGenerator(max_new_tokens=max_new_tokens), retriever=retriever, prompt=PROMPT,
-                    k=3, router=ROUTER, metadata={"bitext_sha256": sha256_file(BITEXT)})
+                    k=3, router=ROUTER, metadata={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION})
 
 
 def policy_splits() -> Splits:
@@ -165,6 +165,6 @@ def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False,
 
     With ``adapter`` the shipped ``policy`` adapter is installed (from the package, never the cache).
     """
-    pipe, reused = cached_pipeline(cache, key="bitext_sha256", digest=sha256_file(BITEXT), rebuild=rebuild,
+    pipe, reused = cached_pipeline(cache, expect={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION}, rebuild=rebuild,
                                    build=lambda: build(progress=progress))
     return (with_adapter(pipe) if adapter else pipe), reused

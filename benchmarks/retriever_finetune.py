@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/retriever_finetune.py scifact PATH/TO/scifact [--folds 5] [--out benchmarks/results/retriever_finetune_scifact.md]
     .venv/bin/python benchmarks/retriever_finetune.py medquad [--topics 600] [--folds 5] [--out ...]
     recipe options: [--epochs N] [--lr X] [--negatives N] [--titles N] [--sentences N]
-    index: [--layout passages|sentences] [--fusion rrf|zscore] (other than passages + rrf: that hybrid, today's
+    index: [--layout passages|sentences] [--fusion rrf|zscore] [--choose] (other than passages + rrf: that hybrid, today's
     default, is scored too, as "today's hybrid")
     one process per fold: ... --only F --save fold-F.json; then: retriever_finetune.py merge fold-*.json [--out ...]
 
@@ -59,9 +59,12 @@ def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict
 
 
 def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig,
-             device: str, today: Retriever | None = None) -> dict:
+             device: str, today: Retriever | None = None, configs: dict[str, Retriever] | None = None) -> dict:
     """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready);
-    ``today``: a reference retriever scored too (the passages hybrid, when ``base`` is another layout)."""
+    ``today``: a reference retriever scored too (the passages hybrid, when ``base`` is another layout);
+    ``configs``: base hybrids by "layout/fusion" (``base``'s among them) of which the one with the
+    best nDCG@10 on this fold's training queries is chosen, and scored on the held-out queries as
+    "chosen base hybrid": the choice of layout and fusion, cross-validated."""
     _, queries, qrels, _ = data
     by_query = {q: qid for qid, q in queries.items()}
     test_ids = sorted({by_query[p.query] for p in test})
@@ -69,6 +72,14 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
     scores = {name: evaluate_retriever(r, test_queries, test_qrels) for name, r in base.items()}
     if today is not None:
         scores = {"today's hybrid": evaluate_retriever(today, test_queries, test_qrels), **scores}
+    chosen, on_train = None, {}
+    if configs:
+        train_ids = sorted({by_query[p.query] for p in train})
+        train_queries, train_qrels = {q: queries[q] for q in train_ids}, {q: qrels[q] for q in train_ids}
+        on_train = {name: round(evaluate_retriever(r, train_queries, train_qrels)["ndcg@10"], 4) for name, r in configs.items()}
+        chosen = max(on_train, key=on_train.__getitem__)
+        scores["chosen base hybrid"] = evaluate_retriever(configs[chosen], test_queries, test_qrels)
+        print(f"fold {i}: on its training queries {on_train}: chose {chosen}", flush=True)
     out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
     fit, val = grouped_split(train, config.validation, seed=config.seed)
     report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
@@ -86,8 +97,11 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
     scores["tuned hybrid, weighted"] = evaluate_retriever(weighted(best), test_queries, test_qrels)
     served = "tuned" if report.val_ndcg_tuned > report.val_ndcg_base else "base"
     scores["served hybrid"] = scores["tuned hybrid" if served == "tuned" else "hybrid"]
+    if chosen is not None:  # the tuned embedder serves only in the layout and fusion it was tuned in
+        scores["served, chosen layout"] = scores["served hybrid" if configs[chosen] is base["hybrid"] else "chosen base hybrid"]
     row = {"fold": i, "test_queries": len(test_ids), "val_base": report.val_ndcg_base, "val_tuned": report.val_ndcg_tuned,
            "epochs": report.epochs_run, "seconds": report.seconds, "served": served, "weights": list(best),
+           "chosen": chosen, "on_train": on_train,
            "scores": {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}}
     print(f"fold {i}: weights {best}; {len(test_ids)} test queries; val nDCG {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} "
           f"({report.epochs_run} epochs, {report.seconds:.0f}s); " + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()),
@@ -113,6 +127,10 @@ def report(rows: list[dict], header: str) -> str:
               f"{today}Fine-tuned hybrid - base hybrid: {mean['tuned hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f} nDCG@10; "
               f"served - base hybrid: {mean['served hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f}; "
               f"mean validation gain of the tuned embedder: {statistics.fmean(r['val_tuned'] - r['val_base'] for r in rows):+.4f}.", ""]
+    if rows[0].get("chosen") and TODAY in mean:
+        lines += [f"Layout/fusion chosen on each fold's training queries: {', '.join(str(r['chosen']) for r in rows)}; "
+                  f"served with the chosen layout - today's hybrid: "
+                  f"{mean['served, chosen layout']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f} nDCG@10.", ""]
     return "\n".join(lines)
 
 
@@ -135,6 +153,8 @@ def main() -> None:
                     help="add this many (sentence -> its page without it) pairs from the corpus alone (inverse cloze task)")
     ap.add_argument("--layout", choices=LAYOUTS, default="passages", help="how the corpus is indexed (default: passages)")
     ap.add_argument("--fusion", choices=["rrf", "zscore"], default="rrf", help="how the hybrid fuses dense and BM25 (default: rrf, as in runs 1-7)")
+    ap.add_argument("--choose", action="store_true",
+                    help="also score both fusions over both layouts and let each fold choose one on its training queries")
     ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
     ap.add_argument("--save", type=Path, help="also write the folds' rows and the recipe as JSON here (for merge)")
@@ -150,6 +170,13 @@ def main() -> None:
         embedder = SentenceTransformerEmbedder(**({"model": args.model} if args.model else {}), device=args.device)
         base = build_retrievers(docs, embedder=embedder, layout=args.layout, fusion=args.fusion, progress=True)
         today = build_retrievers(docs, embedder=embedder, fusion="rrf")["hybrid"] if (args.layout, args.fusion) != ("passages", "rrf") else None
+        configs = None
+        if args.choose and today is not None:  # both fusions over both indexes; the fold picks on its training queries
+            other = "rrf" if args.fusion == "zscore" else "zscore"
+            def refused(h: HybridRetriever, fusion: str) -> HybridRetriever:
+                return HybridRetriever(h.dense, weights=h.weights, bm25=h.bm25, fuse=h.fuse, fusion=fusion)
+            configs = {f"{args.layout}/{args.fusion}": base["hybrid"], f"{args.layout}/{other}": refused(base["hybrid"], other),
+                       "passages/rrf": today, "passages/zscore": refused(today, "zscore")}
         print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
               f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
         config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")
@@ -157,14 +184,18 @@ def main() -> None:
         titles = [Pair(p.query, p.doc_id, "title:" + p.doc_id) for p in pairs_from_titles(titled)][: args.titles]
         sentences = pairs_from_sentences(docs, seed=0)[: args.sentences]
         extra = titles + sentences
-        rows = [run_fold(i, train, test, data, base, extra, config, args.device, today)
-                for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)) if not args.only or i in args.only]
         header = (f"{len(docs)} documents, {len(pairs)} (query, document) pairs in {len({p.group for p in pairs})} groups; "
-                  f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}, layout {args.layout}, fusion {args.fusion}. "
+                  f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}, layout {args.layout}, fusion {args.fusion}"
+                  f"{', layout and fusion chosen per fold on its training queries' if configs else ''}. "
                   f"Recipe: {json.dumps(config.__dict__)}; {len(titles)} title pairs and "
                   f"{len(sentences)} sentence pairs added to every fold's training pairs.")
-        if args.save:
-            args.save.write_text(json.dumps({"header": header, "rows": rows}, indent=1), encoding="utf-8")
+        rows = []
+        for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)):
+            if args.only and i not in args.only:
+                continue
+            rows.append(run_fold(i, train, test, data, base, extra, config, args.device, today, configs))
+            if args.save:  # after every fold: a stopped run keeps the folds it finished
+                args.save.write_text(json.dumps({"header": header, "rows": rows}, indent=1), encoding="utf-8")
         text = report(rows, header)
     print(text)
     if args.out:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/retriever_finetune.py scifact PATH/TO/scifact [--folds 5] [--out benchmarks/results/retriever_finetune_scifact.md]
     .venv/bin/python benchmarks/retriever_finetune.py medquad [--topics 600] [--folds 5] [--out ...]
     recipe options: [--epochs N] [--lr X] [--negatives N] [--titles N] [--sentences N]
-    index: [--layout passages|sentences] [--fusion rrf|zscore] [--choose] (other than passages + rrf: that hybrid, today's
+    index: [--layout passages|sentences] [--fusion rrf|zscore] [--choose] [--no-tune] (other than passages + rrf: that hybrid, today's
     default, is scored too, as "today's hybrid")
     one process per fold: ... --only F --save fold-F.json; then: retriever_finetune.py merge fold-*.json [--out ...]
 
@@ -58,13 +58,13 @@ def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict
     return docs, queries, qrels, [Pair(r["question"], first[r["answer"]], r["focus"]) for r in rows]
 
 
-def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig,
+def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig | None,
              device: str, today: Retriever | None = None, configs: dict[str, Retriever] | None = None) -> dict:
     """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready);
     ``today``: a reference retriever scored too (the passages hybrid, when ``base`` is another layout);
     ``configs``: base hybrids by "layout/fusion" (``base``'s among them) of which the one with the
     best nDCG@10 on this fold's training queries is chosen, and scored on the held-out queries as
-    "chosen base hybrid": the choice of layout and fusion, cross-validated."""
+    "chosen base hybrid": the choice of layout and fusion, cross-validated. ``config`` None: no fine-tuning."""
     _, queries, qrels, _ = data
     by_query = {q: qid for qid, q in queries.items()}
     test_ids = sorted({by_query[p.query] for p in test})
@@ -80,6 +80,10 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
         chosen = max(on_train, key=on_train.__getitem__)
         scores["chosen base hybrid"] = evaluate_retriever(configs[chosen], test_queries, test_qrels)
         print(f"fold {i}: on its training queries {on_train}: chose {chosen}", flush=True)
+    if config is None:  # --no-tune: the base retrievers and the cross-validated choice only
+        print(f"fold {i}: {len(test_ids)} test queries; " + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()), flush=True)
+        return {"fold": i, "test_queries": len(test_ids), "chosen": chosen, "on_train": on_train,
+                "scores": {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}}
     out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
     fit, val = grouped_split(train, config.validation, seed=config.seed)
     report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
@@ -113,6 +117,17 @@ def report(rows: list[dict], header: str) -> str:
     """The per-fold and mean tables, in Markdown."""
     rows = sorted(rows, key=lambda r: r["fold"])
     names = list(rows[0]["scores"])
+    if "val_base" not in rows[0]:  # --no-tune rows
+        mean = {m: {k: statistics.fmean(r["scores"][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
+        return "\n".join([
+            header, "", "## nDCG@10 per held-out fold (no fine-tuning)", "",
+            "| fold | test queries | chosen on its training queries | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|",
+            *(f"| {r['fold']} | {r['test_queries']} | {r['chosen']} | " + " | ".join(f"{r['scores'][m]['ndcg@10']:.4f}" for m in names) + " |"
+              for r in rows),
+            "", "## Mean over the held-out folds", "", "| retriever | nDCG@10 | recall@10 |", "|---|---|---|",
+            *(f"| {m} | {v['ndcg@10']:.4f} | {v['recall@10']:.4f} |" for m, v in mean.items()), "",
+            *([f"Chosen base hybrid - today's hybrid: {mean['chosen base hybrid']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f} nDCG@10.", ""]
+              if "chosen base hybrid" in mean and TODAY in mean else [])])
     lines = [header, "", "## nDCG@10 per held-out fold", "",
              "| fold | test queries | val nDCG@10 base -> tuned | epochs | served | " + " | ".join(names) + " |",
              "|---" * (5 + len(names)) + "|"]
@@ -155,6 +170,7 @@ def main() -> None:
     ap.add_argument("--fusion", choices=["rrf", "zscore"], default="rrf", help="how the hybrid fuses dense and BM25 (default: rrf, as in runs 1-7)")
     ap.add_argument("--choose", action="store_true",
                     help="also score both fusions over both layouts and let each fold choose one on its training queries")
+    ap.add_argument("--no-tune", action="store_true", help="score the base retrievers only (with --choose: the choice cross-validated)")
     ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
     ap.add_argument("--save", type=Path, help="also write the folds' rows and the recipe as JSON here (for merge)")
@@ -179,7 +195,7 @@ def main() -> None:
                        "passages/rrf": today, "passages/zscore": refused(today, "zscore")}
         print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
               f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
-        config = RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")
+        config = None if args.no_tune else RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")
         titled = [Document(d.id, d.text, metadata={"title": d.text.split("\n\n")[0]}) for d in docs if "\n\n" in d.text]
         titles = [Pair(p.query, p.doc_id, "title:" + p.doc_id) for p in pairs_from_titles(titled)][: args.titles]
         sentences = pairs_from_sentences(docs, seed=0)[: args.sentences]
@@ -187,7 +203,7 @@ def main() -> None:
         header = (f"{len(docs)} documents, {len(pairs)} (query, document) pairs in {len({p.group for p in pairs})} groups; "
                   f"`benchmarks/retriever_finetune.py` (its docstring says how), device {args.device}, layout {args.layout}, fusion {args.fusion}"
                   f"{', layout and fusion chosen per fold on its training queries' if configs else ''}. "
-                  f"Recipe: {json.dumps(config.__dict__)}; {len(titles)} title pairs and "
+                  f"Recipe: {json.dumps(config.__dict__) if config else 'none (--no-tune)'}; {len(titles)} title pairs and "
                   f"{len(sentences)} sentence pairs added to every fold's training pairs.")
         rows = []
         for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)):

@@ -34,7 +34,6 @@ from layered.retrieval.defaults import LAYOUTS
 from layered.retrieval.embedders import SentenceTransformerEmbedder
 from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
                                         pairs_from_qrels, pairs_from_sentences, pairs_from_titles)
-from layered.retrieval.hybrid import HybridRetriever
 from layered.types import Document
 
 
@@ -56,6 +55,11 @@ def medquad(topics: int) -> tuple[list[Document], dict[str, str], dict[str, dict
     queries = {r["id"]: r["question"] for r in rows}
     qrels = {r["id"]: {first[r["answer"]]: 1} for r in rows}
     return docs, queries, qrels, [Pair(r["question"], first[r["answer"]], r["focus"]) for r in rows]
+
+
+def as_json(scores: dict) -> dict[str, dict[str, float]]:
+    """nDCG@10 and recall@10 of each scored retriever, as JSON-ready floats."""
+    return {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}
 
 
 def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig | None,
@@ -80,10 +84,10 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
         chosen = max(on_train, key=on_train.__getitem__)
         scores["chosen base hybrid"] = evaluate_retriever(configs[chosen], test_queries, test_qrels)
         print(f"fold {i}: on its training queries {on_train}: chose {chosen}", flush=True)
+    row = {"fold": i, "test_queries": len(test_ids), "chosen": chosen, "on_train": on_train}
     if config is None:  # --no-tune: the base retrievers and the cross-validated choice only
         print(f"fold {i}: {len(test_ids)} test queries; " + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()), flush=True)
-        return {"fold": i, "test_queries": len(test_ids), "chosen": chosen, "on_train": on_train,
-                "scores": {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}}
+        return {**row, "scores": as_json(scores)}
     out = Path(tempfile.mkdtemp(prefix="layered-cv-")) / "model"
     fit, val = grouped_split(train, config.validation, seed=config.seed)
     report = fine_tune_embedder(fit + extra, val_pairs=val, retriever=base["hybrid"], base_model=base["dense"].embedder.path,
@@ -94,31 +98,26 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
     # Fusion weights (dense, bm25) chosen on the fold's validation queries only.
     val_ids = sorted({by_query[p.query] for p in val})
     val_queries, val_qrels = {q: queries[q] for q in val_ids}, {q: qrels[q] for q in val_ids}
-    def weighted(w: tuple[float, float]) -> HybridRetriever:
-        return HybridRetriever(tuned.dense, weights=w, bm25=tuned.bm25, fuse=tuned.fuse, fusion=tuned.fusion)
-
-    best = max(WEIGHTS, key=lambda w: evaluate_retriever(weighted(w), val_queries, val_qrels)["ndcg@10"])
-    scores["tuned hybrid, weighted"] = evaluate_retriever(weighted(best), test_queries, test_qrels)
+    best = max(WEIGHTS, key=lambda w: evaluate_retriever(tuned.with_fusion(weights=w), val_queries, val_qrels)["ndcg@10"])
+    scores["tuned hybrid, weighted"] = evaluate_retriever(tuned.with_fusion(weights=best), test_queries, test_qrels)
     served = "tuned" if report.val_ndcg_tuned > report.val_ndcg_base else "base"
     scores["served hybrid"] = scores["tuned hybrid" if served == "tuned" else "hybrid"]
     if chosen is not None:  # the tuned embedder serves only in the layout and fusion it was tuned in
         scores["served, chosen layout"] = scores["served hybrid" if configs[chosen] is base["hybrid"] else "chosen base hybrid"]
-    row = {"fold": i, "test_queries": len(test_ids), "val_base": report.val_ndcg_base, "val_tuned": report.val_ndcg_tuned,
-           "epochs": report.epochs_run, "seconds": report.seconds, "served": served, "weights": list(best),
-           "chosen": chosen, "on_train": on_train,
-           "scores": {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}}
     print(f"fold {i}: weights {best}; {len(test_ids)} test queries; val nDCG {report.val_ndcg_base:.4f} -> {report.val_ndcg_tuned:.4f} "
           f"({report.epochs_run} epochs, {report.seconds:.0f}s); " + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()),
           flush=True)
-    return row
+    return {**row, "val_base": report.val_ndcg_base, "val_tuned": report.val_ndcg_tuned, "epochs": report.epochs_run,
+            "seconds": report.seconds, "served": served, "weights": list(best),
+            "scores": as_json(scores)}
 
 
 def report(rows: list[dict], header: str) -> str:
     """The per-fold and mean tables, in Markdown."""
     rows = sorted(rows, key=lambda r: r["fold"])
     names = list(rows[0]["scores"])
+    mean = {m: {k: statistics.fmean(r["scores"][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
     if "val_base" not in rows[0]:  # --no-tune rows
-        mean = {m: {k: statistics.fmean(r["scores"][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
         return "\n".join([
             header, "", "## nDCG@10 per held-out fold (no fine-tuning)", "",
             "| fold | test queries | chosen on its training queries | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|",
@@ -134,7 +133,6 @@ def report(rows: list[dict], header: str) -> str:
     for r in rows:
         lines.append(f"| {r['fold']} | {r['test_queries']} | {r['val_base']:.4f} -> {r['val_tuned']:.4f} | {r['epochs']} | {r['served']} | "
                      + " | ".join(f"{r['scores'][m]['ndcg@10']:.4f}" for m in names) + " |")
-    mean = {m: {k: statistics.fmean(r["scores"][m][k] for r in rows) for k in ("ndcg@10", "recall@10")} for m in names}
     today = (f"fine-tuned hybrid - today's hybrid: {mean['tuned hybrid']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f}, "
              f"served hybrid - today's hybrid: {mean['served hybrid']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f}; " if TODAY in mean else "")
     lines += ["", "## Mean over the held-out folds", "", "| retriever | nDCG@10 | recall@10 |", "|---|---|---|",
@@ -189,10 +187,8 @@ def main() -> None:
         configs = None
         if args.choose and today is not None:  # both fusions over both indexes; the fold picks on its training queries
             other = "rrf" if args.fusion == "zscore" else "zscore"
-            def refused(h: HybridRetriever, fusion: str) -> HybridRetriever:
-                return HybridRetriever(h.dense, weights=h.weights, bm25=h.bm25, fuse=h.fuse, fusion=fusion)
-            configs = {f"{args.layout}/{args.fusion}": base["hybrid"], f"{args.layout}/{other}": refused(base["hybrid"], other),
-                       "passages/rrf": today, "passages/zscore": refused(today, "zscore")}
+            configs = {f"{args.layout}/{args.fusion}": base["hybrid"], f"{args.layout}/{other}": base["hybrid"].with_fusion(fusion=other),
+                       "passages/rrf": today, "passages/zscore": today.with_fusion(fusion="zscore")}
         print(f"{args.dataset}: {len(docs)} documents, {len(base['dense'])} chunks indexed in {time.perf_counter() - t:.0f}s; "
               f"{len(pairs)} pairs, {len({p.group for p in pairs})} groups", flush=True)
         config = None if args.no_tune else RetrieverTuneConfig(epochs=args.epochs, learning_rate=args.lr, negatives=args.negatives, keep="tuned")

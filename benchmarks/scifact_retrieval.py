@@ -18,7 +18,6 @@ from layered.artifacts import atomic_write_json
 from layered.evaluation.retrieval import build_retrievers, evaluate_retriever, load_beir, markdown_table
 from layered.retrieval.defaults import LAYOUTS
 from layered.retrieval.embedders import PRECISIONS, SentenceTransformerEmbedder
-from layered.retrieval.hybrid import HybridRetriever
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     retrievers = build_retrievers(data.corpus, embedder=SentenceTransformerEmbedder(precision=args.precision), layout=args.layout,
                                   progress=True)
     zscore = retrievers.pop("hybrid")
-    retrievers["hybrid (RRF)"] = HybridRetriever(zscore.dense, bm25=zscore.bm25, fuse=zscore.fuse, fusion="rrf")
+    retrievers["hybrid (RRF)"] = zscore.with_fusion(fusion="rrf")
     retrievers["hybrid (z-scores)"] = zscore
     print(f"indexed {len(data.corpus)} documents in {time.perf_counter() - t:.0f}s; {len(data.qrels)} judged queries")
     results = {}

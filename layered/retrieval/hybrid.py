@@ -114,6 +114,12 @@ class HybridRetriever:
         return HybridRetriever(dense, weights=self.weights, rrf_k=self.rrf_k, candidates=self.candidates, bm25=bm25, fuse=self.fuse,
                                fusion=self.fusion)
 
+    def with_fusion(self, *, weights: tuple[float, float] | None = None, fusion: str | None = None) -> "HybridRetriever":
+        """This hybrid over the same dense and BM25 indexes (nothing re-embedded or re-indexed),
+        fusing with other ``weights`` and/or another ``fusion``; every other setting is kept."""
+        return HybridRetriever(self.dense, weights=weights or self.weights, rrf_k=self.rrf_k, candidates=self.candidates, bm25=self.bm25,
+                               fuse=self.fuse, fusion=fusion or self.fusion)
+
     def retrieve(self, query: str, *, k: int = 4, filters: Filters | None = None) -> list[Hit]:
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; pass a non-empty question")

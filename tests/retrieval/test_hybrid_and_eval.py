@@ -51,6 +51,18 @@ def test_filters_hold_in_bm25_and_hybrid(docs):
         assert hits and all(h.chunk.metadata["qtype"] == qtype for h in hits)
 
 
+def test_with_fusion_shares_the_indexes_and_changes_only_what_is_asked(docs):
+    hybrid = HybridRetriever(_retriever(docs).dense, rrf_k=20, candidates=30, fuse="document")
+    rrf = hybrid.with_fusion(fusion="rrf")
+    assert rrf.dense is hybrid.dense and rrf.bm25 is hybrid.bm25 and rrf.fusion == "rrf" and hybrid.fusion == "zscore"
+    assert {k: v for k, v in rrf.config().items() if k != "fusion"} == {k: v for k, v in hybrid.config().items() if k != "fusion"}
+    query = "inherited genetic changes"
+    assert [h.chunk.id for h in rrf.retrieve(query, k=6)] == [h.chunk.id for h in HybridRetriever(
+        hybrid.dense, rrf_k=20, candidates=30, fuse="document", fusion="rrf", bm25=hybrid.bm25).retrieve(query, k=6)]
+    weighted = hybrid.with_fusion(weights=(2.0, 1.0))
+    assert weighted.weights == (2.0, 1.0) and weighted.fusion == "zscore" and weighted.config()["rrf_k"] == 20
+
+
 def test_hybrid_save_load_roundtrip(docs, tiny_generator, tmp_path):
     from layered import Pipeline
 

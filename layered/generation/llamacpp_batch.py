@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import queue
 import threading
 import time
@@ -48,6 +49,41 @@ from layered.errors import GenerationError, ModelNotAvailableError
 
 #: Shorter shared prefixes are not worth a cache entry.
 MIN_PREFIX = 16
+
+#: Set to ``1`` to let ggml put weights in its extra buffer types (AMX tiles) on a CPU that
+#: advertises AMX; see :func:`model_params`.
+AMX_ENV = "LAYERED_LLAMACPP_AMX"
+
+
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU's flags (Linux ``/proc/cpuinfo``) list ``amx_int8``; False where unreadable."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
+
+
+def model_params(extra_buffers: bool | None = None) -> Any:
+    """llama.cpp's model parameters, with ggml's extra weight buffers off on an AMX CPU.
+
+    On a CPU that advertises AMX, ggml moves quantised weights (Q4_0, Q4_1, Q8_0, K-quants)
+    into its AMX buffer type and multiplies multi-token batches with tile instructions.
+    llama-cpp-python 0.3.36 built natively on an AMX Xeon VM killed the process with SIGILL
+    at the first prompt (``tileloadd`` in ``ggml_backend_amx_mul_mat``), although AMX itself
+    ran there (a C test of ``ldtilecfg``/``tileloadd``/``tdpbssd`` in threads passed): a
+    crash no exception can catch. So on such CPUs the weights stay in plain CPU buffers
+    (AVX-512 kernels, the same answers) unless ``extra_buffers`` is True or
+    ``$LAYERED_LLAMACPP_AMX`` is ``1``. Elsewhere (``extra_buffers=None``) llama.cpp's default
+    stands: extra buffers on, ggml's repacked Q4_0/K-quant layouts included.
+    """
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    if extra_buffers is None:
+        extra_buffers = os.environ.get(AMX_ENV, "") == "1" or not cpu_has_amx()
+    params.use_extra_bufts = extra_buffers
+    return params
 
 
 @dataclass(frozen=True)
@@ -197,7 +233,7 @@ class BatchEngine:
         self.model_path, self.slots, self.window, self.batch_size = Path(model_path), slots, window, batch
         self.prefix_cache, self.unified = prefix_cache, unified
         self._pad_seq = slots  # a throwaway row for one-token steps (see _step)
-        self._model = _internals.LlamaModel(path_model=str(model_path), params=llama_cpp.llama_model_default_params(), verbose=False)
+        self._model = _internals.LlamaModel(path_model=str(model_path), params=model_params(), verbose=False)
         params = llama_cpp.llama_context_default_params()
         n_seq = slots + 2 + len(loras or {})  # + the pad row + one cached prefix per adapter
         # Unified: one pool of cells for all sequences. Not unified (the default): each sequence

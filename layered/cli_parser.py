@@ -191,7 +191,8 @@ def _demo(sub: Commands) -> None:
                           description="Index the bundled data on first run (reused later), add the shipped adapter, "
                                       "and answer sample questions with citations.")
     demo.add_argument("name", choices=["medical", "support"], help="which demo")
-    demo.add_argument("--cache-dir", help="where the index is cached (default: $LAYERED_CACHE or ~/.cache/layered)")
+    demo.add_argument("--cache-dir", help="this assistant's own index folder, one per assistant "
+                      "(default: demo-NAME under $LAYERED_CACHE or ~/.cache/layered)")
     demo.add_argument("--rebuild", action="store_true", help="re-index even if a cached index exists")
     demo.add_argument("--question", action="append", dest="questions", metavar="Q", help="ask this instead of the sample questions; repeatable")
     demo.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: by audience, 80 for a patient)")

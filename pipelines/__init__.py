@@ -7,6 +7,7 @@ one only when it is asked for.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -37,15 +38,25 @@ def cache_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir else shared() / f"demo-{name}"
 
 
-def cached_pipeline(cache: Path, *, expect: Mapping[str, str], build: Callable[[], "Pipeline"], rebuild: bool = False,
+def cached_pipeline(cache: Path, *, name: str, expect: Mapping[str, str], build: Callable[[], "Pipeline"], rebuild: bool = False,
                     **load_options: Any) -> tuple["Pipeline", bool]:
-    """The pipeline saved in ``cache`` when it loads intact, carries no adapter (adapters come
-    from the package, never the cache) and its metadata holds every ``expect`` item (the hash of
-    what it was built from, and how it was embedded: an index embedded otherwise is not reused);
-    else ``build()``, saved to ``cache`` atomically. Returns ``(pipeline, reused)``."""
+    """The pipeline of the bundled assistant ``name`` saved in ``cache`` when it loads intact,
+    carries no adapter (adapters come from the package, never the cache) and its metadata holds
+    every ``expect`` item (the hash of what it was built from, and how it was embedded: an index
+    embedded otherwise is not reused); else ``build()``, saved to ``cache`` atomically with
+    ``assistant: name`` in its metadata. Returns ``(pipeline, reused)``.
+
+    Raises :class:`ConfigError`, touching nothing, when ``cache`` holds *another* assistant's
+    pipeline (one ``--cache-dir`` given to both demos): rebuilding would throw its index away.
+    """
     from layered.pipeline import Pipeline
+    from layered.persistence import CONFIG_FILE
     from layered.protocols import AdapterHost
 
+    owner = _saved_assistant(cache / CONFIG_FILE)
+    if owner not in (None, name):
+        raise ConfigError(f"{cache} holds the {owner} assistant's index; give the {name} assistant a folder of its own "
+                          "(--cache-dir), or delete that one")
     if cache.exists() and not rebuild:
         try:
             cached = Pipeline.load(cache, **load_options)
@@ -57,5 +68,15 @@ def cached_pipeline(cache: Path, *, expect: Mapping[str, str], build: Callable[[
                 return cached, True
             log.info("the cached pipeline in %s was built otherwise (%s); rebuilding", cache, ", ".join(stale) or "adapters")
     pipe = build()
+    pipe.metadata["assistant"] = name
     pipe.save(cache)
     return pipe, False
+
+
+def _saved_assistant(config: Path) -> str | None:
+    """The ``assistant`` a saved pipeline's config names (None: no readable config, or none named)."""
+    try:
+        owner = json.loads(config.read_text(encoding="utf-8")).get("metadata", {}).get("assistant")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None

@@ -110,7 +110,7 @@ def load_or_build(
     """
     # The prompt is this library's current one; only the index is reused from the cache.
     expect = {"corpus_sha256": sha256_file(corpus), "embed_precision": EMBED_PRECISION}
-    pipe, reused = cached_pipeline(cache, expect=expect, rebuild=rebuild,
+    pipe, reused = cached_pipeline(cache, name="medical", expect=expect, rebuild=rebuild,
                                    build=lambda: build_base(corpus, progress=progress), prompt=MEDICAL_PROMPT)
     if reused:
         pipe = pipe.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K)

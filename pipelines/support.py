@@ -165,6 +165,6 @@ def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False,
 
     With ``adapter`` the shipped ``policy`` adapter is installed (from the package, never the cache).
     """
-    pipe, reused = cached_pipeline(cache, expect={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION}, rebuild=rebuild,
+    pipe, reused = cached_pipeline(cache, name="support", expect={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION}, rebuild=rebuild,
                                    build=lambda: build(progress=progress))
     return (with_adapter(pipe) if adapter else pipe), reused

@@ -174,6 +174,15 @@ def recover_interrupted_swap(target: str | os.PathLike[str]) -> None:
             return
 
 
+def check_replaceable(target: str | os.PathLike[str]) -> None:
+    """Raise :class:`ArtifactError` when ``target`` is a folder that saving there would destroy:
+    one holding files but no manifest (so not a folder this library saved), such as a
+    user's own folder given as an output path. Missing, empty and saved folders pass."""
+    target = Path(target)
+    if target.is_dir() and not (target / MANIFEST).is_file() and any(target.iterdir()):
+        raise ArtifactError(f"{target} holds files that layered did not save; refusing to replace it: choose a new or empty folder")
+
+
 def save_folder_atomically(
     target: str | os.PathLike[str],
     write: Callable[[Path], None],
@@ -182,7 +191,8 @@ def save_folder_atomically(
 ) -> Path:
     """Build a folder with ``write(tmp_folder)``, add a manifest, then swap it in for ``target``.
 
-    If ``write`` raises, ``target`` is left untouched. The swap renames the old folder aside,
+    If ``write`` raises, ``target`` is left untouched; a ``target`` folder that this library
+    did not save is never replaced (:func:`check_replaceable`). The swap renames the old folder aside,
     renames the new one into place and only then deletes the old one. One writer per target
     is assumed: temp folders left by a writer that was killed are removed here.
     """
@@ -191,6 +201,7 @@ def save_folder_atomically(
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} exists and is not a folder; choose another path")
     recover_interrupted_swap(target)  # after this, any old copy left beside target is redundant
+    check_replaceable(target)
     for pattern in (f".{target.name}.*.partial", f".{target.name}.*.old"):
         for leftover in target.parent.glob(pattern):
             shutil.rmtree(leftover, ignore_errors=True)

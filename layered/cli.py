@@ -39,10 +39,15 @@ log = logging.getLogger("layered")
 
 
 def _check_out(out: str) -> None:
-    """Fail before any embedding work when ``--out`` cannot become a folder."""
+    """Fail before any embedding work when ``--out`` cannot become a folder, or is a folder
+    of files that saving there would replace."""
+    from layered.artifacts import check_replaceable, recover_interrupted_swap
+
     path = Path(out).absolute()
     if path.exists() and not path.is_dir():
         raise layered.errors.InputError(f"--out {out} is a file; choose a folder")
+    recover_interrupted_swap(path)  # an interrupted save's old folder back first, or its documents would be lost
+    check_replaceable(path)
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -95,7 +100,6 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from layered.artifacts import recover_interrupted_swap
     from layered.retrieval.loaders import LoadLimits
 
     t = time.perf_counter()
@@ -107,9 +111,6 @@ def _cmd_index(args: argparse.Namespace) -> int:
         embed = RayEmbedding.beside(args.out, workers=args.workers, address=args.ray)
     loader: dict[str, Any] = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
     loader["limits"] = LoadLimits(max_file_bytes=int(args.max_file_mb * 2**20), max_document_bytes=int(args.max_document_mb * 2**20))
-    # A crash between the two renames of an atomic save leaves the old folder renamed aside:
-    # put it back before deciding whether OUT holds a pipeline, or its documents would be lost.
-    recover_interrupted_swap(args.out)
     with embed.resumable() if embed is not None else contextlib.nullcontext():
         pipe = _index_into(args, loader, embed)
         path = pipe.save(args.out)

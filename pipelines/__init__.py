@@ -46,13 +46,17 @@ def cached_pipeline(cache: Path, *, name: str, expect: Mapping[str, str], build:
     embedded otherwise is not reused); else ``build()``, saved to ``cache`` atomically with
     ``assistant: name`` in its metadata. Returns ``(pipeline, reused)``.
 
-    Raises :class:`ConfigError`, touching nothing, when ``cache`` holds *another* assistant's
-    pipeline (one ``--cache-dir`` given to both demos): rebuilding would throw its index away.
+    Raises, touching nothing, when ``cache`` holds *another* assistant's pipeline
+    (:class:`ConfigError`: one ``--cache-dir`` given to both demos) or files this library did
+    not save (:class:`~layered.errors.ArtifactError`): rebuilding would throw them away.
     """
+    from layered.artifacts import check_replaceable, recover_interrupted_swap
     from layered.pipeline import Pipeline
     from layered.persistence import CONFIG_FILE
     from layered.protocols import AdapterHost
 
+    recover_interrupted_swap(cache)
+    check_replaceable(cache)  # before indexing for minutes, not when saving
     owner = _saved_assistant(cache / CONFIG_FILE)
     if owner not in (None, name):
         raise ConfigError(f"{cache} holds the {owner} assistant's index; give the {name} assistant a folder of its own "

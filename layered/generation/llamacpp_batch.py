@@ -73,7 +73,7 @@ def model_params(extra_buffers: bool | None = None) -> Any:
     at the first prompt (``tileloadd`` in ``ggml_backend_amx_mul_mat``), although AMX itself
     ran there (a C test of ``ldtilecfg``/``tileloadd``/``tdpbssd`` in threads passed): a
     crash no exception can catch. So on such CPUs the weights stay in plain CPU buffers
-    (AVX-512 kernels, the same answers) unless ``extra_buffers`` is True or
+    (ggml's AVX-512 kernels) unless ``extra_buffers`` is True or
     ``$LAYERED_LLAMACPP_AMX`` is ``1``. Elsewhere (``extra_buffers=None``) llama.cpp's default
     stands: extra buffers on, ggml's repacked Q4_0/K-quant layouts included.
     """

@@ -58,6 +58,7 @@ def run_tune(
 ) -> Path | None:
     """Fit the pipeline ``options.pipeline`` (a folder opened with ``load``) on ``data``; the
     saved tuned pipeline's folder (None on ranks other than 0, which save nothing)."""
+    from layered.artifacts import check_replaceable
     from layered.pipelines import BUNDLED, assistant, cache_folder
     from layered.tuning.data import data_report, redact
     from layered.tuning.fit import recipe_examples
@@ -84,6 +85,7 @@ def run_tune(
     if dp is not None and main_rank:
         dp.barrier()
     out = Path(options.out or options.pipeline)
+    check_replaceable(out)  # before training, not after
     run_dir = Path(options.run_dir) if options.run_dir else out.with_name(out.name + ".run")
     fit = pipe.fit(examples, config=config, out_dir=run_dir, resume=options.resume, progress=progress and main_rank)
     if not main_rank:  # rank 0 saves the tuned pipeline

@@ -77,3 +77,18 @@ def test_atomic_write_replaces_whole_file(tmp_path):
 def test_manifest_is_json_not_pickle(tmp_path):
     out = save_folder_atomically(tmp_path / "a", _write({"x": b"1"}))
     assert json.loads((out / MANIFEST).read_text())["files"]["x"]
+
+
+def test_a_folder_this_library_did_not_save_is_never_replaced(tmp_path):
+    mine = tmp_path / "Documents"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "notes" / "thesis.txt").write_bytes(b"years of work")
+    with pytest.raises(ArtifactError, match="did not save"):
+        save_folder_atomically(mine, _write({"v.txt": b"new"}))
+    assert (mine / "notes" / "thesis.txt").read_bytes() == b"years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Documents"]  # no temp folder left either
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "new"):  # an empty or missing folder is fine
+        verify_manifest(save_folder_atomically(target, _write({"v.txt": b"new"})))
+    saved = save_folder_atomically(tmp_path / "empty", _write({"v.txt": b"newer"}))  # and so is a saved one
+    assert (saved / "v.txt").read_bytes() == b"newer"

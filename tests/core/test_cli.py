@@ -58,6 +58,16 @@ def test_index_missing_path_and_bad_encoding_write_nothing(capsys, tmp_path):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "empty"]
 
 
+def test_index_never_replaces_a_folder_of_the_users_files(capsys, tmp_path):
+    docs = tmp_path / "docs.txt"
+    docs.write_text("A real document about the product.", encoding="utf-8")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_bytes(b"mine")
+    assert "did not save" in _one_line_error(capsys, ["-q", "index", str(docs), "--out", str(mine)])
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"] and (mine / "keep.txt").read_bytes() == b"mine"
+
+
 def test_entry_point_exit_code():
     proc = subprocess.run([sys.executable, "-m", "layered.cli", "ask", "/nonexistent/dir", "q"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""

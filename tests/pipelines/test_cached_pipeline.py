@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from layered import Pipeline
-from layered.errors import ConfigError
+from layered.errors import ArtifactError, ConfigError
 from layered.pipelines import cached_pipeline
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
@@ -61,3 +61,13 @@ def test_another_assistants_cache_is_refused_and_left_as_it_was(tmp_path, tiny_g
     assert {p.relative_to(cache): p.read_bytes() for p in cache.rglob("*") if p.is_file()} == saved
     _, reused = cached_pipeline(cache, name="medical", expect=meta, build=build(meta))
     assert reused
+
+
+def test_a_folder_of_other_files_is_refused_before_indexing(tmp_path, tiny_generator, docs):
+    built: list[dict[str, str]] = []
+    cache = tmp_path / "home"
+    cache.mkdir()
+    (cache / "photo.jpg").write_bytes(b"not an index")
+    with pytest.raises(ArtifactError, match="did not save"):
+        cached_pipeline(cache, name="medical", expect={}, build=_builder(built, tiny_generator, docs)({}))
+    assert not built and (cache / "photo.jpg").read_bytes() == b"not an index"

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from layered.errors import ConfigError, EmptyDatasetError, InputError
+from layered.errors import ArtifactError, ConfigError, EmptyDatasetError, InputError
 from layered.types import Chunk, Document
 
 log = logging.getLogger(__name__)
@@ -330,8 +330,9 @@ def fine_tune_embedder(
     come from ``retriever`` (the current index). ``val_pairs`` (default: a grouped
     ``config.validation`` split of ``pairs``) drive early stopping and the keep-or-not
     decision. The tuned model is written to ``out_dir`` (safetensors, no pickle) only when it
-    beats the base on validation; ``report.kept`` says which. ``device``: where to train
-    (default ``"cpu"``; ``"cuda"`` on a GPU).
+    beats the base on validation; ``report.kept`` says which. ``out_dir`` may hold an earlier
+    tuned model, which is replaced, but no other files (refused before training). ``device``:
+    where to train (default ``"cpu"``; ``"cuda"`` on a GPU).
     """
     import torch
 
@@ -339,6 +340,10 @@ def fine_tune_embedder(
 
     if not pairs:
         raise EmptyDatasetError("no training pairs")
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / "config_sentence_transformers.json").is_file():
+        raise ArtifactError(f"{out} holds files that are not a sentence-transformers model; refusing to replace it: "
+                            "choose a new or empty folder")
     started = time.perf_counter()
     if val_pairs is None:
         pairs, val_pairs = grouped_split(pairs, config.validation, seed=config.seed)
@@ -385,16 +390,14 @@ def fine_tune_embedder(
         epochs_run = int(round(trainer.state.epoch or 0))
         after = float(evaluator(model)[metric])
         kept = "tuned" if after > before or config.keep == "tuned" else "base"
-        out: Path | None = None
         if kept == "tuned":
-            out = Path(out_dir)
             if out.exists():
                 shutil.rmtree(out)
             model.save(str(out), safe_serialization=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = RetrieverFitReport(
-        kept=kept, model_dir=str(out) if out else None, train_pairs=len(pairs), validation_pairs=len(val_pairs), triplets=len(train),
+        kept=kept, model_dir=str(out) if kept == "tuned" else None, train_pairs=len(pairs), validation_pairs=len(val_pairs), triplets=len(train),
         val_ndcg_base=round(before, 4), val_ndcg_tuned=round(after, 4), epochs_run=epochs_run,
         seconds=round(time.perf_counter() - started, 1), data_sha256=data_hash([*pairs, *val_pairs]), config=asdict(config),
     )

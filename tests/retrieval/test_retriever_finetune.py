@@ -58,6 +58,14 @@ def test_training_refuses_validation_groups_seen_in_training():
         fine_tune_embedder(pairs[:1], val_pairs=pairs[1:], retriever=None, base_model="unused", out_dir="unused")
 
 
+def test_a_folder_of_other_files_is_refused_as_out_dir_before_training(tmp_path):
+    (tmp_path / "thesis.txt").write_bytes(b"years of work")
+    pairs = [Pair("what is gout?", "d1", "gout"), Pair("what is acne?", "d2", "acne")]
+    with pytest.raises(ArtifactError, match="not a sentence-transformers model"):
+        fine_tune_embedder(pairs[:1], val_pairs=pairs[1:], retriever=None, base_model="unused", out_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.txt"]
+
+
 def test_sentence_pairs_read_only_the_pages_and_take_the_sentence_out():
     docs = [Document("d1", "Gout is a form of arthritis. It causes sudden severe pain in the joints. Short one."),
             Document("d2", "Too short."), Document("d3", "Shingles is a painful rash caused by a virus in nerve cells. Antivirals help."),

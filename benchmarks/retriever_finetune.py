@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/retriever_finetune.py medquad [--topics 600] [--folds 5] [--out ...]
     recipe options: [--epochs N] [--lr X] [--negatives N] [--titles N] [--sentences N]
     index: [--layout passages|sentences] [--fusion rrf|zscore] [--choose] [--no-tune] (other than passages + rrf: that hybrid, today's
-    default, is scored too, as "today's hybrid")
+    default, is scored too, as "today's hybrid"); [--rerank N]: a cross-encoder trained per fold reranks the hybrid's top N
     one process per fold: ... --only F --save fold-F.json; then: retriever_finetune.py merge fold-*.json [--out ...]
 
 SciFact: the BEIR train split (the only split read), queries grouped so that queries sharing
@@ -34,6 +34,7 @@ from layered.retrieval.defaults import LAYOUTS
 from layered.retrieval.embedders import SentenceTransformerEmbedder
 from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, fine_tune_embedder, grouped_folds, grouped_split,
                                         pairs_from_qrels, pairs_from_sentences, pairs_from_titles)
+from layered.retrieval.rerank import CrossEncoderReranker, RerankingRetriever, fit_cross_encoder
 from layered.types import Document
 
 
@@ -62,13 +63,34 @@ def as_json(scores: dict) -> dict[str, dict[str, float]]:
     return {n: {k: float(v[k]) for k in ("ndcg@10", "recall@10")} for n, v in scores.items()}
 
 
+def p50_ms(retriever: Retriever, queries: list[str]) -> float:
+    """Median wall time of one ``retrieve(q, k=10)``, in milliseconds."""
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        retriever.retrieve(q, k=10)
+        times.append(time.perf_counter() - t)
+    return round(1000 * statistics.median(times), 1)
+
+
+def reranked(train: list[Pair], hybrid: Retriever, base_model: str, candidates: int, device: str) -> tuple[Retriever, float]:
+    """``hybrid`` with a cross-encoder trained on this fold's training pairs reranking its top
+    ``candidates`` (:func:`layered.retrieval.rerank.fit_cross_encoder`), and the training seconds."""
+    out = Path(tempfile.mkdtemp(prefix="layered-ce-")) / "model"
+    t = time.perf_counter()
+    fit_cross_encoder(train, retriever=hybrid, base_model=base_model, out_dir=out, device=device)
+    return RerankingRetriever(hybrid, CrossEncoderReranker(out), candidates=candidates), round(time.perf_counter() - t, 1)
+
+
 def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dict, extra: list[Pair], config: RetrieverTuneConfig | None,
-             device: str, today: Retriever | None = None, configs: dict[str, Retriever] | None = None) -> dict:
+             device: str, today: Retriever | None = None, configs: dict[str, Retriever] | None = None, rerank: int = 0) -> dict:
     """One held-out fold: base and fine-tuned retrievers scored on its queries (JSON-ready);
     ``today``: a reference retriever scored too (the passages hybrid, when ``base`` is another layout);
     ``configs``: base hybrids by "layout/fusion" (``base``'s among them) of which the one with the
     best nDCG@10 on this fold's training queries is chosen, and scored on the held-out queries as
-    "chosen base hybrid": the choice of layout and fusion, cross-validated. ``config`` None: no fine-tuning."""
+    "chosen base hybrid": the choice of layout and fusion, cross-validated. ``config`` None: no fine-tuning.
+    ``rerank`` N: the base hybrid's top N reranked by a cross-encoder trained on the fold's training pairs,
+    scored as "reranked hybrid", with both retrievers' median query latency."""
     _, queries, qrels, _ = data
     by_query = {q: qid for qid, q in queries.items()}
     test_ids = sorted({by_query[p.query] for p in test})
@@ -85,6 +107,13 @@ def run_fold(i: int, train: list[Pair], test: list[Pair], data: tuple, base: dic
         scores["chosen base hybrid"] = evaluate_retriever(configs[chosen], test_queries, test_qrels)
         print(f"fold {i}: on its training queries {on_train}: chose {chosen}", flush=True)
     row = {"fold": i, "test_queries": len(test_ids), "chosen": chosen, "on_train": on_train}
+    if rerank:
+        ce, train_s = reranked(train, base["hybrid"], base["dense"].embedder.path, rerank, device)
+        scores["reranked hybrid"] = evaluate_retriever(ce, test_queries, test_qrels)
+        sample = list(test_queries.values())[:50]
+        row["rerank"] = {"candidates": rerank, "train_s": train_s, "p50_ms_hybrid": p50_ms(base["hybrid"], sample),
+                         "p50_ms_reranked": p50_ms(ce, sample)}
+        print(f"fold {i}: cross-encoder {row['rerank']}", flush=True)
     if config is None:  # --no-tune: the base retrievers and the cross-validated choice only
         print(f"fold {i}: {len(test_ids)} test queries; " + ", ".join(f"{n} {s['ndcg@10']:.4f}" for n, s in scores.items()), flush=True)
         return {**row, "scores": as_json(scores)}
@@ -126,7 +155,12 @@ def report(rows: list[dict], header: str) -> str:
             "", "## Mean over the held-out folds", "", "| retriever | nDCG@10 | recall@10 |", "|---|---|---|",
             *(f"| {m} | {v['ndcg@10']:.4f} | {v['recall@10']:.4f} |" for m, v in mean.items()), "",
             *([f"Chosen base hybrid - today's hybrid: {mean['chosen base hybrid']['ndcg@10'] - mean[TODAY]['ndcg@10']:+.4f} nDCG@10.", ""]
-              if "chosen base hybrid" in mean and TODAY in mean else [])])
+              if "chosen base hybrid" in mean and TODAY in mean else []),
+            *([f"Reranked hybrid - hybrid: {mean['reranked hybrid']['ndcg@10'] - mean['hybrid']['ndcg@10']:+.4f} nDCG@10; median query latency "
+               f"(50 held-out queries per fold, mean over folds) {statistics.fmean(r['rerank']['p50_ms_hybrid'] for r in rows):.1f} ms -> "
+               f"{statistics.fmean(r['rerank']['p50_ms_reranked'] for r in rows):.1f} ms reranking the top {rows[0]['rerank']['candidates']}; "
+               f"cross-encoder training {statistics.fmean(r['rerank']['train_s'] for r in rows):.0f} s per fold.", ""]
+              if "rerank" in rows[0] else [])])
     lines = [header, "", "## nDCG@10 per held-out fold", "",
              "| fold | test queries | val nDCG@10 base -> tuned | epochs | served | " + " | ".join(names) + " |",
              "|---" * (5 + len(names)) + "|"]
@@ -169,6 +203,8 @@ def main() -> None:
     ap.add_argument("--choose", action="store_true",
                     help="also score both fusions over both layouts and let each fold choose one on its training queries")
     ap.add_argument("--no-tune", action="store_true", help="score the base retrievers only (with --choose: the choice cross-validated)")
+    ap.add_argument("--rerank", type=int, default=0, metavar="N",
+                    help="also score the base hybrid's top N reranked by a cross-encoder trained on each fold's training pairs")
     ap.add_argument("--model", default=None, help="embedder folder (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default="cpu", help="where to embed and train (cpu, or cuda on a GPU)")
     ap.add_argument("--save", type=Path, help="also write the folds' rows and the recipe as JSON here (for merge)")
@@ -205,7 +241,7 @@ def main() -> None:
         for i, (train, test) in enumerate(grouped_folds(pairs, args.folds, seed=0)):
             if args.only and i not in args.only:
                 continue
-            rows.append(run_fold(i, train, test, data, base, extra, config, args.device, today, configs))
+            rows.append(run_fold(i, train, test, data, base, extra, config, args.device, today, configs, args.rerank))
             if args.save:  # after every fold: a stopped run keeps the folds it finished
                 args.save.write_text(json.dumps({"header": header, "rows": rows}, indent=1), encoding="utf-8")
         text = report(rows, header)

@@ -86,3 +86,71 @@ class RerankingRetriever(WrappedRetriever):
     @classmethod
     def load(cls, folder: Path, config: Mapping[str, Any]) -> "RerankingRetriever":
         return cls(cls.load_base(folder, config), registry.build("reranker", config["reranker"]), candidates=int(config["candidates"]))
+
+
+def fit_cross_encoder(
+    pairs: Sequence[Any],
+    *,
+    retriever: Any,
+    base_model: str | Path,
+    out_dir: str | Path,
+    negatives: int = 4,
+    epochs: int = 1,
+    learning_rate: float = 2e-5,
+    batch_size: int = 16,
+    max_length: int = 256,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """Train a cross-encoder for :class:`CrossEncoderReranker` from the same pairs that tune the
+    embedder (:class:`~layered.retrieval.finetune.Pair`: a query and its document's id).
+
+    Starts from the encoder weights of ``base_model`` (e.g. the packaged all-MiniLM-L6-v2) with a
+    new one-logit head; each pair gives its positive passage (label 1) and ``negatives`` hard
+    negatives mined from ``retriever``'s index, never a known positive (label 0), learned with
+    binary cross-entropy (positives weighted ``negatives`` times) for ``epochs`` epochs, seeded.
+    Writes the model to ``out_dir`` (safetensors; a new or empty folder) and returns it.
+    """
+    import contextlib
+    import sys
+    import tempfile
+
+    import torch
+
+    from layered.errors import ArtifactError, EmptyDatasetError
+    from layered.retrieval.finetune import RetrieverTuneConfig, _cpu_bf16, mine_triplets
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"{out} exists and is not an empty folder; choose a new one for the cross-encoder")
+    if not pairs:
+        raise EmptyDatasetError("no training pairs")
+    try:
+        from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+        from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    except ImportError as e:  # sentence-transformers < 4
+        raise ConfigError(f"training a cross-encoder needs sentence-transformers >= 4 ({e})") from e
+    from datasets import Dataset
+
+    mining = RetrieverTuneConfig(negatives=negatives, seed=seed)
+    triplets = mine_triplets(pairs, retriever, list(retriever.store.chunks()), mining)
+    rows = [(t[0], passage, 1.0 if j == 0 else 0.0) for t in triplets for j, passage in enumerate(t[1:])]
+    if len(rows) < batch_size:
+        raise EmptyDatasetError(f"{len(rows)} training rows: fewer than one batch of {batch_size}")
+    models.force_offline()
+    torch.manual_seed(seed)
+    device = device or "cpu"
+    model = CrossEncoder(str(models.resolve(str(base_model))), num_labels=1, max_length=max_length, device=device, local_files_only=True)
+    data = Dataset.from_dict({"query": [r[0] for r in rows], "passage": [r[1] for r in rows], "label": [r[2] for r in rows]})
+    with tempfile.TemporaryDirectory(prefix="layered-cross-encoder-") as work:
+        args = CrossEncoderTrainingArguments(
+            output_dir=work, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
+            warmup_steps=0.1, seed=seed, data_seed=seed, bf16=device != "cpu" or _cpu_bf16(), use_cpu=device == "cpu",
+            save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=not progress, dataloader_num_workers=0,
+        )
+        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(negatives)))
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; stdout is the caller's data
+            CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out

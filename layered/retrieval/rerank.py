@@ -125,7 +125,8 @@ def fit_cross_encoder(
     import torch
 
     from layered.errors import ArtifactError, EmptyDatasetError
-    from layered.retrieval.finetune import RetrieverTuneConfig, _cpu_bf16, mine_triplets
+    from layered.hardware import cpu_supports_bf16
+    from layered.retrieval.finetune import RetrieverTuneConfig, mine_triplets
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -152,7 +153,7 @@ def fit_cross_encoder(
     with tempfile.TemporaryDirectory(prefix="layered-cross-encoder-") as work:
         args = CrossEncoderTrainingArguments(
             output_dir=work, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
-            warmup_steps=0.1, seed=seed, data_seed=seed, bf16=device != "cpu" or _cpu_bf16(), use_cpu=device == "cpu",
+            warmup_steps=0.1, seed=seed, data_seed=seed, bf16=device != "cpu" or cpu_supports_bf16(), use_cpu=device == "cpu",
             save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=not progress, dataloader_num_workers=0,
         )
         loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(negatives)))

@@ -5,9 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from layered.tuning.formatting import IGNORE
 from layered.types import Document
+
+if TYPE_CHECKING:
+    from layered.retrieval.finetune import Pair
 
 
 def arithmetic_rows(tokenizer, n: int) -> list[list[list[int]]]:
@@ -43,3 +47,16 @@ def request(srv, method, path, body=None, headers=None, raw=None):
     payload = resp.read()
     conn.close()
     return resp.status, resp.headers, payload  # case-insensitive, as HTTP headers are
+
+
+def medquad_topics(n_topics: int) -> tuple[list[Document], list["Pair"]]:
+    """The packaged MedQuAD sample's first ``n_topics`` topics (sorted): each page as a document
+    (its answer, titled by its topic) and each question as a pair with its page, grouped by topic."""
+    from layered.pipelines import medical
+    from layered.retrieval.finetune import Pair
+
+    rows = [json.loads(line) for line in medical.SAMPLE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    topics = sorted({r["focus"] for r in rows})[:n_topics]
+    rows = [r for r in rows if r["focus"] in topics]
+    docs = [Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows]
+    return docs, [Pair(r["question"], r["id"], r["focus"]) for r in rows]

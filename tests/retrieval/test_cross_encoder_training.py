@@ -4,31 +4,20 @@ saved as safetensors, and serves in the reranker slot. Real model, real MedQuAD 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from layered.errors import ArtifactError
-from layered.pipelines import medical
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import SentenceTransformerEmbedder
-from layered.retrieval.finetune import Pair, RetrieverTuneConfig, mine_triplets
+from layered.retrieval.finetune import RetrieverTuneConfig, mine_triplets
 from layered.retrieval.rerank import CrossEncoderReranker, RerankingRetriever, fit_cross_encoder
-from layered.types import Document
+from tests.helpers import medquad_topics
 
 pytestmark = pytest.mark.slow
 
 
-def _sample(n_topics: int) -> tuple[list[Document], list[Pair]]:
-    rows = [json.loads(line) for line in medical.SAMPLE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
-    topics = sorted({r["focus"] for r in rows})[:n_topics]
-    rows = [r for r in rows if r["focus"] in topics]
-    return ([Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows],
-            [Pair(r["question"], r["id"], r["focus"]) for r in rows])
-
-
 def test_a_cross_encoder_trained_on_the_pairs_ranks_their_passages_first_and_reranks(tmp_path):
-    docs, pairs = _sample(30)
+    docs, pairs = medquad_topics(30)
     dense = DenseRetriever(embedder=SentenceTransformerEmbedder(max_seq_length=128))
     dense.add_documents(docs)
     base_model = dense.embedder.path
@@ -45,9 +34,8 @@ def test_a_cross_encoder_trained_on_the_pairs_ranks_their_passages_first_and_rer
     # On its own training pairs the positive passage must beat both mined negatives far above
     # chance (1 in 3): the head was random before training.
     triplets = mine_triplets(pairs, dense, list(dense.store.chunks()), RetrieverTuneConfig(negatives=2, seed=1))
-    wins = 0
+    wins, ce = 0, reranker._load()
     for query, positive, *negatives in triplets:
-        ce = reranker._load()
         scores = ce.predict([(query, positive), *((query, n) for n in negatives)], show_progress_bar=False)
         wins += bool(scores[0] > max(scores[1:]))
     assert wins / len(triplets) > 0.7, f"{wins} of {len(triplets)}"

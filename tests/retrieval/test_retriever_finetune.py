@@ -29,7 +29,7 @@ from layered.retrieval.finetune import (Pair, RetrieverTuneConfig, data_hash, fi
                                         mine_triplets, pairs_from_qrels, pairs_from_sentences, validation_pool)
 from layered.retrieval.hybrid import HybridRetriever
 from layered.types import Chunk, Document
-from layered.pipelines import medical
+from tests.helpers import medquad_topics
 
 
 def test_queries_sharing_a_relevant_document_share_a_group_and_never_straddle_folds():
@@ -112,17 +112,9 @@ def test_each_pair_gets_the_configured_number_of_mined_negatives_none_a_positive
         RetrieverTuneConfig(negatives=0)
 
 
-def _sample(n_topics: int) -> tuple[list[Document], list[Pair]]:
-    rows = [json.loads(line) for line in medical.SAMPLE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
-    topics = sorted({r["focus"] for r in rows})[:n_topics]
-    rows = [r for r in rows if r["focus"] in topics]
-    docs = [Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows]
-    return docs, [Pair(r["question"], r["id"], r["focus"]) for r in rows]
-
-
 @pytest.fixture(scope="module")
 def small():
-    return _sample(40)
+    return medquad_topics(40)
 
 
 def _pipeline(docs, embedder=None) -> Pipeline:
@@ -182,7 +174,7 @@ def test_an_index_is_refused_with_an_embedder_other_than_the_one_that_built_it(t
 
 @pytest.mark.slow
 def test_kill_9_while_re_embedding_leaves_the_old_index_loadable(tmp_path):
-    docs, pairs = _sample(40)
+    docs, pairs = medquad_topics(40)
     pipe = _pipeline(docs)
     chunks = len(pipe.retriever)
     folder = pipe.save(tmp_path / "pipe")

@@ -44,7 +44,7 @@ def pipeline_config(pipe: Pipeline) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "format": FORMAT_VERSION, "layered_version": layered.__version__, "k": pipe.k, "metadata": pipe.metadata,
         "min_score": pipe.min_score, "refusal": pipe.refusal, "grounding": pipe.grounding,
-        "history_query": pipe.history_query,
+        "history_query": pipe.history_query, "abstain": None if pipe.abstain is None else pipe.abstain.to_dict(),
     }
     for name, part in parts.items():
         if part is None:
@@ -103,8 +103,22 @@ def load_pipeline(
         generator=parts["generator"], retriever=parts["retriever"], prompt=parts["prompt"],
         k=cfg["k"], metadata=cfg.get("metadata") or {}, router=parts["router"],
         min_score=cfg.get("min_score"), refusal=cfg.get("refusal", DEFAULT_REFUSAL), grounding=cfg.get("grounding", "mark"),
-        history_query=cfg.get("history_query", DEFAULT_QUERY),
+        history_query=cfg.get("history_query", DEFAULT_QUERY), abstain=_abstain(where=folder / CONFIG_FILE, cfg=cfg.get("abstain")),
     )
+
+
+def _abstain(*, where: Path, cfg: Any) -> Any:
+    """The saved answerability decision (None when the pipeline had none), or one ArtifactError line."""
+    from layered.answerability import Answerability
+
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{where}: 'abstain' must be an object or null")
+    try:
+        return Answerability.from_dict(cfg)
+    except ConfigError as e:
+        raise ArtifactError(f"{where}: {e}") from None
 
 
 def checked_config(folder: Path, cfg: Any) -> dict[str, Any]:

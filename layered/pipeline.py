@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence, cast
 
 from layered import persistence
 from layered.adapters import DEFAULT
+from layered.answerability import Answerability, Decision, refusal_naming
 from layered.answers import (
     DEFAULT_REFUSAL, GROUNDING, AnswerStream, Turn, answer_length, answer_turn, check_max_new_tokens, check_question, check_settings,
     one_turn, stream_answer,
@@ -50,7 +51,7 @@ class Pipeline:
     def __init__(
         self, *, generator: Generator, retriever: Retriever | None = None, prompt: PromptTemplate | None = None, k: int = 4,
         metadata: dict[str, Any] | None = None, router: Router | None = None, min_score: float | None = None,
-        refusal: str = DEFAULT_REFUSAL, grounding: str = "mark", history_query: str = DEFAULT_QUERY,
+        refusal: str = DEFAULT_REFUSAL, grounding: str = "mark", history_query: str = DEFAULT_QUERY, abstain: Answerability | None = None,
     ) -> None:
         """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes).
         ``router`` chooses the adapter for questions whose request names none. With
@@ -62,8 +63,15 @@ class Pipeline:
         also removes them (an answer with no supported sentence left quotes the best passage
         instead), ``"off"`` skips the check. ``history_query`` is how :meth:`chat` turns a follow-up
         into a retrieval query (one of :data:`~layered.prompts.conversation.QUERY_METHODS`).
+        ``abstain`` (an :class:`~layered.answerability.Answerability`) decides, before generating, whether
+        some retrieved passage answers the question: when none reaches its threshold the pipeline declines
+        with ``refusal`` followed by the subjects of what it found; when one does, the passages are shown
+        best first and those below its ``keep`` are left out. The decision is in ``answer.metadata["answerability"]``.
         """
         check_settings(k=k, grounding=grounding, history_query=history_query)
+        if abstain is not None and not isinstance(abstain, Answerability):
+            raise ConfigError(f"abstain must be an Answerability (layered.answerability), got {type(abstain).__name__}")
+        self.abstain = abstain
         self.k, self.min_score, self.refusal, self.grounding, self.history_query = k, min_score, refusal, grounding, history_query
         self.metadata: dict[str, Any] = dict(metadata or {})
         # slots, each checked as it is put in (this order decides which error a bad call reports first)
@@ -139,7 +147,24 @@ class Pipeline:
         earlier turns and the passages packed into the budget (see :mod:`layered.prompts.conversation`)."""
         turns = checked_messages(messages)
         history, question = split_turns(turns)
-        return self.pack_chat(question, history, self.retrieve(self.standalone_query(turns), k=k, filters=filters, user=user), variables)
+        return self.pack_chat(question, history, self.passages(self.standalone_query(turns), k=k, filters=filters, user=user)[0], variables)
+
+    def passages(self, query: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
+                 exclude: Sequence[str] = ()) -> tuple[list[Hit], Decision | None]:
+        """The passages a request for ``query`` is answered from, and the answerability decision (None
+        without ``abstain``): retrieved as :meth:`retrieve` does, then, when the decision answers, best
+        first and without those below its ``keep``. ``exclude`` names documents to leave out (the
+        retrieval reaches further down so ``k`` others can still come back): how :meth:`fit` builds
+        the abstention examples, whose answering passage is absent."""
+        n = self.k if k is None else k
+        hits = self.retrieve(query, k=n + len(exclude) if n and exclude else n, filters=filters, user=user)
+        if exclude:
+            gone = set(exclude)
+            hits = [h for h in hits if h.chunk.doc_id not in gone][:n]
+        decision = self.abstain.decide(query, hits) if self.abstain is not None and self.retriever is not None and n else None
+        if decision is not None and decision.answerable:
+            hits = [hits[i] for i in decision.order]
+        return hits, decision
 
     def standalone_query(self, messages: Sequence[Any]) -> str:
         """What retrieval (and the router) use for a chat: the final question made standalone
@@ -191,7 +216,7 @@ class Pipeline:
         """
         turn = self._turn(lambda: messages, k=k, filters=filters, user=user, adapter=adapter, max_new_tokens=max_new_tokens, variables=variables)
         generation = None if turn.refused else self.generator.generate(turn.prompt, **turn.options)
-        return answer_turn(turn, generation, refusal=self.refusal, grounding=self.grounding)
+        return answer_turn(turn, generation, grounding=self.grounding)
 
     def stream(
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
@@ -211,7 +236,7 @@ class Pipeline:
 
     def _stream(self, messages_of: Callable[[], Sequence[Any]], **request: Any) -> AnswerStream:  # checked when first iterated
         return stream_answer(lambda: self._turn(messages_of, **request), lambda prompt, **options: self.generator.stream(prompt, **options),
-                             refusal=self.refusal, grounding=self.grounding)
+                             grounding=self.grounding)
 
     def _turn(
         self, messages_of: Callable[[], Sequence[Any]], *, k: int | None, filters: Filters | None, user: User | None, adapter: str | None,
@@ -226,9 +251,12 @@ class Pipeline:
         name = self.route(query, adapter)
         if name is not None and not self._adapter_host:
             raise ConfigError(f"adapter {name!r} was asked for, but the {type(self.generator).__name__} generator serves no adapters")
-        prompt = self.pack_chat(question, history, self.retrieve(query, k=k, filters=filters, user=user), variables)
+        hits, decision = self.passages(query, k=k, filters=filters, user=user)
+        declined = decision is not None and not decision.answerable
+        prompt = self.pack_chat(question, history, [] if declined else hits, variables)
         return Turn(query=query, prompt=prompt, rewritten=len(turns) > 1 and query != question,
-                    refused=self.min_score is not None and self.retriever is not None and not prompt.context,
+                    refused=declined or (self.min_score is not None and self.retriever is not None and not prompt.context),
+                    decision=decision, refusal=refusal_naming(hits, lead=self.refusal) if declined else self.refusal,
                     reasoning=self._reasons and bool(self.prompt.reasoning),  # type: ignore[attr-defined]
                     adapter={} if name is None else {"adapter": name}, length=answer_length(prompt, max_new_tokens),
                     answered_by=name if name is not None or not self._adapter_host else self.generator.default_adapter)  # type: ignore[attr-defined]
@@ -276,7 +304,7 @@ class Pipeline:
         """A new pipeline sharing this one's parts and settings except ``changes`` (constructor names)."""
         current = {"generator": self.generator, "retriever": self.retriever, "prompt": self.prompt, "k": self.k,
                    "metadata": self.metadata, "router": self.router, "min_score": self.min_score, "refusal": self.refusal,
-                   "grounding": self.grounding, "history_query": self.history_query}
+                   "grounding": self.grounding, "history_query": self.history_query, "abstain": self.abstain}
         unknown = sorted(set(changes) - set(current))
         if unknown:
             raise ConfigError(f"Pipeline.replace: unknown part(s) {', '.join(unknown)}; known: {', '.join(current)}")

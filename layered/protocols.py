@@ -237,6 +237,8 @@ class AnsweringPipeline(Protocol):
     retriever: Retriever | None
     prompt: PromptTemplate
     min_score: float | None
+    #: The answerability decision (a :class:`layered.answerability.Answerability`), or None.
+    abstain: Any
 
     def ask(self, question: str, **options: Any) -> Answer: ...
 
@@ -253,6 +255,13 @@ class TrainablePipeline(Protocol):
     def retrieve(self, question: str, *, k: int | None = None, filters: Filters | None = None, user: Any = None) -> list[Hit]: ...
 
     def build_chat_prompt(self, messages: Sequence[Any], **variables: Any) -> Prompt: ...
+
+    def passages(self, query: str, *, k: int | None = None, filters: Filters | None = None, user: Any = None,
+                 exclude: Sequence[str] = ()) -> tuple[list[Hit], Any]: ...
+
+    def standalone_query(self, messages: Sequence[Any]) -> str: ...
+
+    refusal: str
 
     def pack_chat(self, question: str, history: Sequence[Message], hits: Sequence[Hit], variables: dict[str, Any]) -> Prompt: ...
 

@@ -60,6 +60,10 @@ DEMO_QUESTIONS = (
 DEMO_TOPICS = ("graves", "shingles", "high blood pressure")
 
 PROMPT_PATH = DATA / "medical_prompt.toml"
+#: The answerability decision (:mod:`layered.answerability`) fitted on the ``tune`` split of the
+#: right-or-silent dev set (:mod:`layered.pipelines.medical_dev`) by ``benchmarks/right_or_silent.py``;
+#: the file holds its weights, threshold, data hash and the labelled rows it was fitted on.
+ANSWERABILITY_PATH = DATA / "medical_answerability.json"
 MEDICAL_PROMPT = ChatPromptTemplate.from_file(PROMPT_PATH)
 AUDIENCES = tuple(MEDICAL_PROMPT.audiences)
 ADAPTER = "medical"
@@ -71,6 +75,13 @@ EMBED_TOKENS = 128
 #: the recorded losses only with them). bf16 is 1.8x faster where the CPU has it natively (README,
 #: "Measured here"), but emulated on one without (AVX2 only) 7x *slower* than fp32 (6.1 vs 41.9 pages/s).
 EMBED_PRECISION = "float32"
+
+
+def answerability() -> Any:
+    """The shipped answerability decision, or None before one was fitted."""
+    from layered.answerability import Answerability
+
+    return Answerability.from_file(ANSWERABILITY_PATH) if ANSWERABILITY_PATH.exists() else None
 
 
 def build_base(corpus: Path = KB_PATH, *, progress: bool = False, precision: str = EMBED_PRECISION) -> Pipeline:
@@ -87,7 +98,7 @@ def build_base(corpus: Path = KB_PATH, *, progress: bool = False, precision: str
     retriever.add_documents(load_documents(corpus), progress=progress)
     generator = TransformersGenerator(max_new_tokens=max(MEDICAL_PROMPT.answer_tokens.values()))
     return Pipeline(generator=generator, retriever=retriever, prompt=MEDICAL_PROMPT, k=K, min_score=MIN_SCORE,
-                    refusal=REFUSAL, grounding="drop", metadata={"corpus_sha256": sha256_file(corpus), "corpus": corpus.name,
+                    refusal=REFUSAL, grounding="drop", abstain=answerability(), metadata={"corpus_sha256": sha256_file(corpus), "corpus": corpus.name,
                                                         "embed_precision": precision})
 
 
@@ -113,7 +124,7 @@ def load_or_build(
     pipe, reused = cached_pipeline(cache, name="medical", expect=expect, rebuild=rebuild,
                                    build=lambda: build_base(corpus, progress=progress), prompt=MEDICAL_PROMPT)
     if reused:
-        pipe = pipe.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K)
+        pipe = pipe.replace(min_score=MIN_SCORE, refusal=REFUSAL, grounding="drop", k=K, abstain=answerability())
     return (with_adapter(pipe) if adapter else pipe), reused
 
 

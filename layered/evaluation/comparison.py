@@ -7,7 +7,10 @@ each row isolates what a layer adds:
 * ``few-shot``: the same plus ``shots`` worked examples from the *training* split, picked
   per question by similarity in the retriever's vector space (base model);
 * ``rag``: retrieved passages, zero-shot, base model;
-* ``rag+adapter``: retrieved passages answered by the tuned adapter.
+* ``rag+adapter``: retrieved passages answered by the tuned adapter;
+* ``rag+abstain`` and ``rag+adapter+abstain``: the same behind the pipeline's answerability
+  decision (``Pipeline(abstain=...)``), which declines when no passage answers; the plain rows
+  run without it, so the table shows what the decision adds.
 
 Per strategy (see :class:`StrategyResult`): retrieval hit rate and MRR of the passages in the
 prompt, token F1 and ROUGE-L against the reference answer, citation precision, refusals,
@@ -31,7 +34,9 @@ from layered.generation.guards import degenerate
 from layered.protocols import AnsweringPipeline
 from layered.types import Answer, Example
 
-STRATEGIES = ("prompt-only", "few-shot", "rag", "rag+adapter")
+STRATEGIES = ("prompt-only", "few-shot", "rag", "rag+adapter", "rag+abstain", "rag+adapter+abstain")
+#: The strategies compared by default: the last two only for a pipeline with an answerability decision.
+PLAIN = STRATEGIES[:4]
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,13 @@ class StrategyResult:
     fallback: float | None = None
     degenerate: float = 0.0
     latency_p50_s: float = 0.0
+    #: Right or silent, for examples that say ``metadata["answerable"]``: the share of answerable questions
+    #: answered with a citation of a relevant document; the share of unanswerable ones answered anyway;
+    #: and how many refusals were of unanswerable questions (precision) and of them were refused (recall).
+    answered_right: float | None = None
+    answered_unanswerable: float | None = None
+    refusal_precision: float | None = None
+    refusal_recall: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +85,7 @@ class StrategyResult:
 
 def strategy_setups(
     pipe: AnsweringPipeline, *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None, shots: int = 2,
-    strategies: Sequence[str] = STRATEGIES,
+    strategies: Sequence[str] | None = None,
 ) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Each strategy as ``(pipeline, ask options)``, sharing ``pipe``'s generator and retriever.
 
@@ -83,6 +95,8 @@ def strategy_setups(
     """
     from layered.prompts.template import ChatPromptTemplate, FewShotExample
 
+    if strategies is None:  # every row that applies
+        strategies = STRATEGIES if pipe.abstain is not None else PLAIN
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
@@ -102,8 +116,12 @@ def strategy_setups(
     # Base-model rows name "base" only when the generator has adapters to switch off.
     base = {"adapter": BASE} if getattr(pipe.generator, "adapters", None) else {}
 
-    def variant(prompt: Any, *, refuse: bool) -> Any:
-        return pipe.replace(prompt=prompt, router=None, min_score=pipe.min_score if refuse else None)
+    abstain = pipe.abstain
+    if abstain is None and {"rag+abstain", "rag+adapter+abstain"} & set(strategies):
+        raise ConfigError("the +abstain strategies need a pipeline with an answerability decision (Pipeline(abstain=...))")
+
+    def variant(prompt: Any, *, refuse: bool, decide: bool = False) -> Any:
+        return pipe.replace(prompt=prompt, router=None, min_score=pipe.min_score if refuse else None, abstain=abstain if decide else None)
 
     setups: dict[str, tuple[Any, dict[str, Any]]] = {
         # k=0: no passages. The retriever stays so few-shot selection can use its embedder.
@@ -111,6 +129,8 @@ def strategy_setups(
         "few-shot": (variant(few_shot, refuse=False), {**base, "k": 0}),
         "rag": (variant(zero_shot, refuse=True), dict(base)),
         "rag+adapter": (variant(zero_shot, refuse=True), {"adapter": tuned}),
+        "rag+abstain": (variant(zero_shot, refuse=True, decide=True), dict(base)),
+        "rag+adapter+abstain": (variant(zero_shot, refuse=True, decide=True), {"adapter": tuned}),
     }
     return {name: setups[name] for name in strategies}
 
@@ -134,6 +154,7 @@ def score_answers(
         cited += len(answer.citations)
         relevant_cited += sum(c.doc_id in relevant for c in answer.citations)
     n = len(examples)
+    silent = _right_or_silent(answers, examples)
     usage = [a.generation for a in answers]
     checks = [a.metadata["grounding"] for a in answers if "grounding" in a.metadata]
     sentences = sum(c["sentences"] for c in checks)
@@ -154,7 +175,29 @@ def score_answers(
         fallback=sum(bool(c["fallback"]) for c in checks) / len(checks) if checks else None,
         degenerate=sum(degenerate(a.text) for a in answered) / len(answered) if answered else 0.0,
         latency_p50_s=statistics.median(seconds),
+        **silent,
     )
+
+
+def _right_or_silent(answers: Sequence[Answer], examples: Sequence[Example]) -> dict[str, float | None]:
+    """The right-or-silent rates of :class:`StrategyResult` (empty when examples do not say ``answerable``)."""
+    if not examples or any("answerable" not in e.metadata for e in examples):
+        return {}
+    pairs = list(zip(answers, examples))
+    answerable = [(a, e) for a, e in pairs if e.metadata["answerable"]]
+    unanswerable = [a for a, e in pairs if not e.metadata["answerable"]]
+    refused = [e for a, e in pairs if a.metadata.get("refused")]
+
+    def right(a: Answer, e: Example) -> bool:
+        return not a.metadata.get("refused") and bool({c.doc_id for c in a.citations} & set(e.metadata.get("doc_ids") or ()))
+
+    declined_right = sum(not e.metadata["answerable"] for e in refused)
+    return {
+        "answered_right": sum(right(a, e) for a, e in answerable) / len(answerable) if answerable else None,
+        "answered_unanswerable": sum(not a.metadata.get("refused") for a in unanswerable) / len(unanswerable) if unanswerable else None,
+        "refusal_precision": declined_right / len(refused) if refused else None,
+        "refusal_recall": declined_right / len(unanswerable) if unanswerable else None,
+    }
 
 
 def evaluate_pipeline(
@@ -192,7 +235,7 @@ def evaluate_pipeline(
 
 def compare(
     pipe: AnsweringPipeline, test: Sequence[Example], *, few_shot_pool: Sequence[Example] = (), adapter: str | None = None,
-    shots: int = 2, strategies: Sequence[str] = STRATEGIES, variables: Mapping[str, Any] | None = None,
+    shots: int = 2, strategies: Sequence[str] | None = None, variables: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> list[StrategyResult]:
     """Answer every ``test`` question with every strategy and score the answers (see module docstring).
@@ -214,7 +257,9 @@ COLUMNS = (
     ("strategy", "strategy", "{}"), ("token_f1", "token F1", "{:.3f}"), ("rouge_l", "ROUGE-L", "{:.3f}"),
     ("recall", "hit@k", "{:.3f}"), ("mrr", "MRR", "{:.3f}"), ("citation_precision", "citation precision", "{:.3f}"),
     ("grounded", "grounded", "{:.0%}"), ("fallback", "fallback", "{:.0%}"), ("degenerate", "degenerate", "{:.0%}"),
-    ("refused", "refused", "{:.0%}"), ("latency_s", "latency s", "{:.2f}"), ("latency_p50_s", "p50 s", "{:.2f}"),
+    ("refused", "refused", "{:.0%}"), ("answered_right", "answered+right", "{:.0%}"),
+    ("answered_unanswerable", "answered unanswerable", "{:.0%}"), ("refusal_precision", "refusal P", "{:.0%}"),
+    ("refusal_recall", "refusal R", "{:.0%}"), ("latency_s", "latency s", "{:.2f}"), ("latency_p50_s", "p50 s", "{:.2f}"),
     ("prompt_tokens", "prompt tokens", "{:.0f}"),
     ("completion_tokens", "answer tokens", "{:.0f}"),
 )

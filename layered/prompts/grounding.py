@@ -139,9 +139,14 @@ class SentenceSupport:
 
 def sentence_support(text: str, context: Sequence[Hit], *, threshold: float = SUPPORT_THRESHOLD) -> list[SentenceSupport]:
     """Check every sentence of ``text`` against the passages in ``context`` (see :data:`SUPPORT_THRESHOLD`)."""
+    return check_sentences(split_sentences(text), context, threshold=threshold)
+
+
+def check_sentences(sentences: Sequence[str], context: Sequence[Hit], *, threshold: float = SUPPORT_THRESHOLD) -> list[SentenceSupport]:
+    """:func:`sentence_support` for sentences already cut (each judged whole, never re-split)."""
     passages = [_support_words(h.chunk.text) for h in context]
     out = []
-    for sentence in split_sentences(text):
+    for sentence in sentences:
         words = _support_words(sentence)
         if len(words) < MIN_CHECKED_WORDS:
             out.append(SentenceSupport(sentence, True, 1.0, None, checked=False))

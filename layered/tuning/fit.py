@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,11 +22,23 @@ from layered.types import Example
 log = logging.getLogger(__name__)
 
 
-def _features(pipeline: TrainablePipeline, examples: Sequence[Example], *, distractors: int, what: str) -> list[Features]:
+def abstention_picks(examples: Sequence[Example], share: float, *, seed: int) -> set[int]:
+    """Which ``examples`` (positions) become abstention examples: a seeded ``share`` of those that name
+    their answering documents (``metadata["doc_ids"]``)."""
+    if not 0.0 <= share < 1.0:
+        raise InputError(f"abstain_share is the share of examples trained to decline, in [0, 1); got {share}")
+    judged = [i for i, e in enumerate(examples) if e.metadata.get("doc_ids")]
+    if share and not judged:
+        raise InputError("abstain_share needs examples that name the documents answering them (metadata['doc_ids'])")
+    return set(random.Random(f"abstain:{seed}").sample(judged, round(share * len(judged)))) if share else set()
+
+
+def _features(pipeline: TrainablePipeline, examples: Sequence[Example], *, distractors: int, what: str,
+              abstain: set[int] | None = None) -> list[Features]:
     out, too_long = [], []
-    for ex in examples:
+    for i, ex in enumerate(examples):
         try:
-            out.append(format_example(pipeline, ex, distractors=distractors, pool=examples))
+            out.append(format_example(pipeline, ex, distractors=distractors, pool=examples, abstain=i in (abstain or ())))
         except ContextOverflowError:
             too_long.append(ex)
     if too_long:
@@ -88,6 +101,7 @@ def fit_pipeline(
     check_forgetting: bool = True,
     stop_after: int | None = None,
     name: str = DEFAULT,
+    abstain_share: float = 0.0,
 ) -> TrainReport:
     """Format, check, attach the method's adapter (as ``name``) and train (:meth:`layered.Pipeline.fit`).
 
@@ -101,6 +115,12 @@ def fit_pipeline(
     examples (whole near-duplicate groups) are held out for validation. With
     ``check_forgetting``, the report's ``forgetting`` holds the perplexity of the base and
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
+
+    ``abstain_share`` (RAFT-style): that share of the training examples naming their answering documents
+    (``metadata["doc_ids"]``, picked seeded by :func:`abstention_picks`) is served with those documents
+    left out of retrieval and trained to answer the pipeline's ``refusal``
+    (:func:`~layered.tuning.formatting.format_example` with ``abstain=True``); RAFT kept the answering
+    passage in 40-100% of examples, i.e. a share of 0-0.6. Validation examples are served as they are.
     """
     config = config or TuneConfig()
     runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
@@ -108,7 +128,10 @@ def fit_pipeline(
     val = None if val is None else [_as_example(e) for e in val]
     generator = _tunable(pipeline.generator)
     train_examples, val = _held_out(train_examples, val, seed=config.seed)
-    train_set = _features(pipeline, train_examples, distractors=distractors, what="training")
+    picks = abstention_picks(train_examples, abstain_share, seed=config.seed)
+    if picks:
+        log.info("%d of %d training examples are abstention examples (answering passage left out)", len(picks), len(train_examples))
+    train_set = _features(pipeline, train_examples, distractors=distractors, what="training", abstain=picks)
     val_set = _features(pipeline, val, distractors=0, what="validation")
     tokenizer = generator.tokenizer
     pad_id = _pad_id(tokenizer)

@@ -8,6 +8,10 @@ for that conversation: the same standalone query for retrieval, the same history
 loss) on every prompt token and the answer's own ids on the assistant turn, so the model is
 trained only to produce answers. Optional distractors add passages retrieved for *other*
 questions, so the model learns to pick the right passage (retrieval-augmented fine-tuning).
+An *abstention* example (``abstain=True``, RAFT-style) is the same question served with its
+answering documents (``metadata["doc_ids"]``) left out of retrieval, the next passages the index
+finds in their place, and the pipeline's ``refusal`` as the target: the adapter learns to decline
+when the passage that answers is absent, on exactly the prompt it would then be served.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from layered.errors import ConfigError, ContextOverflowError
+from layered.errors import ConfigError, ContextOverflowError, InputError
 from layered.generation.common import chat_messages
 from layered.prompts.injection import control_tokens, defuse_control_tokens
 from layered.protocols import TrainablePipeline
@@ -48,6 +52,7 @@ def _distractors(pipeline: TrainablePipeline, example: Example, pool: Sequence[E
 
 def format_example(
     pipeline: TrainablePipeline, example: Example, *, distractors: int = 0, pool: Sequence[Example] = (), seed: int = 0,
+    abstain: bool = False,
 ) -> Features:
     """Token ids and labels for ``example`` as ``pipeline`` would serve it (see module docstring).
 
@@ -57,7 +62,16 @@ def format_example(
     generator = pipeline.generator
     tokenizer = generator.tokenizer
     turns = (*example.history, Message("user", example.question))
-    prompt = pipeline.build_chat_prompt(turns, **dict(example.variables))
+    answer = example.answer
+    if abstain:
+        relevant = example.metadata.get("doc_ids")
+        if not relevant:
+            raise InputError(f"an abstention example needs the ids of the documents that answer it (metadata['doc_ids']): "
+                             f"{example.question[:50]!r}")
+        hits, _ = pipeline.passages(pipeline.standalone_query(turns), exclude=[str(d) for d in relevant])
+        prompt, answer = pipeline.pack_chat(example.question, example.history, hits, dict(example.variables)), pipeline.refusal
+    else:
+        prompt = pipeline.build_chat_prompt(turns, **dict(example.variables))
     if distractors and pipeline.retriever is not None:
         extra = _distractors(pipeline, example, pool, distractors, random.Random(f"{seed}:{example.question}"))
         known = {h.chunk.id for h in prompt.context}
@@ -66,7 +80,7 @@ def format_example(
         prompt = pipeline.pack_chat(example.question, example.history, hits, dict(example.variables))
     chat = chat_messages(prompt, tokenizer)  # control tokens defused exactly as served
     prompt_ids = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
-    full = chat + [{"role": "assistant", "content": defuse_control_tokens(example.answer, control_tokens(tokenizer))}]
+    full = chat + [{"role": "assistant", "content": defuse_control_tokens(answer, control_tokens(tokenizer))}]
     full_ids = list(tokenizer.apply_chat_template(full, return_dict=True)["input_ids"])
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ConfigError(

@@ -9,7 +9,7 @@ import pytest
 from layered import Pipeline
 from layered.cli import main
 from layered.errors import ConfigError, InputError
-from layered.evaluation.comparison import STRATEGIES, bar_chart, compare, markdown_table, score_answers, strategy_setups
+from layered.evaluation.comparison import PLAIN, bar_chart, compare, markdown_table, score_answers, strategy_setups
 from layered.prompts.template import ChatPromptTemplate
 from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
@@ -56,7 +56,7 @@ def test_k_zero_retrieves_nothing_and_negative_k_is_refused(tiny_generator):
 
 def test_each_strategy_sends_what_it_claims(tuned):
     setups = strategy_setups(tuned, few_shot_pool=TRAIN, shots=2)
-    assert list(setups) == list(STRATEGIES)
+    assert list(setups) == list(PLAIN)
     q = TEST[0].question
     prompts = {name: pipe.build_prompt(q, k=opts.get("k")) for name, (pipe, opts) in setups.items()}
     assert prompts["prompt-only"].context == () and prompts["prompt-only"].metadata["shots"] == 0
@@ -73,7 +73,7 @@ def test_each_strategy_sends_what_it_claims(tuned):
 def test_compare_measures_every_strategy_and_the_adapter_helps(tuned, tmp_path):
     results = compare(tuned, TEST, few_shot_pool=TRAIN, shots=2)
     by = {r.strategy: r for r in results}
-    assert [r.strategy for r in results] == list(STRATEGIES) and all(r.questions == len(TEST) for r in results)
+    assert [r.strategy for r in results] == list(PLAIN) and all(r.questions == len(TEST) for r in results)
     for name in ("prompt-only", "few-shot"):
         assert by[name].recall is None and by[name].mrr is None and by[name].citation_precision is None
     # The hashing retriever finds each item's own page first.
@@ -155,7 +155,7 @@ def test_compare_cli_on_a_saved_pipeline_writes_table_json_and_chart(tiny_genera
     stdout = capsys.readouterr().out
     assert stdout.startswith("| strategy |") and stdout.count("\n") == 6
     saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
-    assert [r["strategy"] for r in saved["results"]] == list(STRATEGIES) and saved["test_questions"] == 3
+    assert [r["strategy"] for r in saved["results"]] == list(PLAIN) and saved["test_questions"] == 3
     assert saved["results"][2]["recall"] is not None  # doc_ids were read from the data
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 1000
     assert main(["-q", "compare", str(tmp_path / "pipe")]) == 1  # a folder without --data: one-line error

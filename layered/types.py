@@ -9,7 +9,48 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal, Mapping
 
+from layered.errors import InputError
+
 Role = Literal["system", "user", "assistant"]
+
+#: The metadata key that holds a document's access list, and the principal meaning everyone.
+ACCESS_KEY = "access"
+PUBLIC = "*"
+#: The principal kinds an access list may name (besides ``"*"``).
+PRINCIPAL_KINDS = ("user", "group")
+
+
+def checked_access(value: Any) -> list[str]:
+    """``value`` as an access list, or one :class:`~layered.errors.InputError` line.
+
+    An access list is a list (or tuple) of principals: ``"*"`` (everyone), ``"user:<id>"`` or
+    ``"group:<name>"``, each a printable string with no surrounding spaces; an empty list lets
+    no user see the document. Anything else is refused, so a typo can never publish a document:
+    ``None`` (JSON ``null``), ``""``, a bare string, a mapping, a nested list, a number in the
+    list, or an unknown kind such as ``"usr:ann"``. A document without the key is public (``["*"]``);
+    an explicit ``["*"]`` says so unambiguously.
+    """
+    shown = _short_repr(value)
+    if value is None:
+        raise InputError(f"metadata[{ACCESS_KEY!r}] is null; write ['*'] for a public document or list its principals "
+                         "(e.g. ['user:ann', 'group:staff'])")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise InputError(f"metadata[{ACCESS_KEY!r}] must be a list of principals such as ['user:ann', 'group:staff'] "
+                         f"(or ['*'] for everyone), got {type(value).__name__} {shown}")
+    for p in value:
+        if not isinstance(p, str):
+            raise InputError(f"metadata[{ACCESS_KEY!r}] must be a list of principal strings, got {type(p).__name__} "
+                             f"{_short_repr(p)} in {shown}")
+        kind, sep, name = p.partition(":")
+        if p != PUBLIC and not (sep and kind in PRINCIPAL_KINDS and name and name.strip() == name and name.isprintable()):
+            raise InputError(f"metadata[{ACCESS_KEY!r}] holds {_short_repr(p)}, which is not a principal: write "
+                             "'user:<id>', 'group:<name>' or '*'")
+    return list(value)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -24,6 +65,12 @@ class Document:
     text: str
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A malformed access list fails here, where every loader and caller builds documents,
+        # rather than being dropped (which would make the document public).
+        if isinstance(self.metadata, Mapping) and ACCESS_KEY in self.metadata:
+            checked_access(self.metadata[ACCESS_KEY])
 
 
 @dataclass(frozen=True)

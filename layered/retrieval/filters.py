@@ -7,24 +7,26 @@ compared as data, never spliced into a query string, so a hostile value cannot w
 
 Access control: a document may carry ``metadata["access"]``, a list of principals allowed
 to see it (``"user:<id>"``, ``"group:<name>"``, or ``"*"`` for everyone). A document without
-one is public. :func:`access_filter` turns a :class:`User` into the filter that stores
-apply *inside* their query, so ``k`` visible chunks come back whenever ``k`` exist.
+the key is public; a key whose value is not such a list (``null``, ``""``, a mapping, a nested
+list, a number in it) is an error, never public (:func:`layered.types.checked_access`); an
+empty list lets no user see it. :func:`access_filter` turns a :class:`User` into the filter
+that stores apply *inside* their query, so ``k`` visible chunks come back whenever ``k`` exist.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from layered.errors import InputError
 from layered.protocols import Filters
-from layered.types import Hit
+from layered.types import ACCESS_KEY, PUBLIC, Hit, checked_access
 
 log = logging.getLogger(__name__)
 
-ACCESS_KEY = "access"
-PUBLIC = "*"
+__all__ = ["ACCESS_KEY", "PUBLIC", "ContainsAny", "User", "access_filter", "with_access", "normalise_access", "matches",
+           "filtered_retrieve"]
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,12 @@ def with_access(filters: Filters | None, user: User | None) -> Filters | None:
 
 
 def normalise_access(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Metadata with a valid access list (``["*"]`` when the document has none)."""
+    """Metadata with a valid access list (``["*"]`` when the document has no ``access`` key).
+
+    A present but malformed value, ``None`` included, raises one :class:`InputError` line.
+    """
     out = dict(metadata)
-    access = out.get(ACCESS_KEY)
-    if access is None:
-        out[ACCESS_KEY] = [PUBLIC]
-    elif isinstance(access, str) or not isinstance(access, Sequence) or not all(isinstance(p, str) for p in access):
-        raise InputError(f"metadata[{ACCESS_KEY!r}] must be a list of principals such as ['user:ann', 'group:staff'], got {access!r}")
-    else:
-        out[ACCESS_KEY] = list(access)
+    out[ACCESS_KEY] = checked_access(out[ACCESS_KEY]) if ACCESS_KEY in out else [PUBLIC]
     return out
 
 

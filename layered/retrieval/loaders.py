@@ -27,8 +27,9 @@ from typing import IO, Any, Iterator, Mapping, Sequence, cast
 
 from layered.errors import DocumentLoadError, SourceNotFoundError
 from layered.jsonl import parse_record
-from layered.retrieval.formats import html_text, markdown_metadata, pdf_pages
-from layered.types import Document
+from layered.errors import InputError
+from layered.retrieval.formats import FrontMatterError, front_matter, html_text, markdown_metadata, pdf_pages
+from layered.types import ACCESS_KEY, Document, checked_access
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,11 @@ class FileLoader:
     For record files (JSONL/CSV), the text is ``text_fields`` joined by a blank line; by
     default the first of ``text``/``content``/``body`` that a record has, or its
     ``question`` and ``answer`` together. Every other scalar (or list-of-strings) field
-    becomes metadata; an ``access`` list restricts who may retrieve the document.
+    becomes metadata; an ``access`` list restricts who may retrieve the document: a JSON list
+    in JSONL, a JSON list or ``;``/``,``-separated principals in a CSV cell, ``access: [...]``
+    in Markdown front matter. A record without the field is public; a malformed one (``null``,
+    ``""``, a mapping, a nested list, a number, ``[]``, an unknown principal kind) is one
+    :class:`DocumentLoadError` line naming the file and line, never a public document.
     ``source_field`` names the field used as the document's source (default: ``url`` when
     present, else ``path:line``).
     """
@@ -118,8 +123,7 @@ class FileLoader:
         elif suffix == ".csv":
             yield from self._csv(path, rel)
         elif suffix in (".md", ".markdown"):
-            text = self._read(path)
-            yield Document(id=rel, text=text, source=rel, metadata={"path": rel, **markdown_metadata(text)})
+            yield self._markdown(path, rel)
         elif suffix == ".txt":
             yield Document(id=rel, text=self._read(path), source=rel, metadata={"path": rel})
         elif suffix in (".html", ".htm"):
@@ -135,6 +139,24 @@ class FileLoader:
         else:
             kinds = ", ".join(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
             raise DocumentLoadError(f"{_printable(str(path))}: unsupported file type {suffix!r}; use one of {kinds}")
+
+    def _markdown(self, path: Path, rel: str) -> Document:
+        """A Markdown file; its front matter (removed from the text) gives metadata, ``access`` included."""
+        name = _printable(str(path))
+        try:
+            fields, text = front_matter(self._read(path))
+        except FrontMatterError as e:
+            raise DocumentLoadError(f"{name}:{e.line}: {e}") from None
+        meta: dict[str, Any] = {}
+        for key, (line, value) in fields.items():
+            if key == ACCESS_KEY:
+                try:
+                    meta[key] = checked_access(value)
+                except InputError as e:
+                    raise DocumentLoadError(f"{name}:{line}: {e}") from None
+            elif key != "path" and _is_metadata(value):
+                meta[key] = value
+        return Document(id=rel, text=text, source=rel, metadata={"path": rel, **markdown_metadata(text), **meta})
 
     def _check_size(self, path: Path, limit: int | None = None) -> None:
         limit = self.limits.max_file_bytes if limit is None else limit
@@ -216,14 +238,14 @@ class FileLoader:
                     if sum(len(v) for v in row) > limit:
                         raise DocumentLoadError(f"{name}:{rowno}: a row over the {limit}-character limit")
                     record = dict(zip(header, row + [""] * (len(header) - len(row))))
-                    yield self._record(record, f"{name}:{rowno}", f"{rel}:{rowno}")
+                    yield self._record(record, f"{name}:{rowno}", f"{rel}:{rowno}", csv_row=True)
             except csv.Error as e:
                 raise DocumentLoadError(f"{name}:{rowno}: malformed CSV ({e})") from None
             except UnicodeDecodeError as e:
                 raise DocumentLoadError(f"{name}: not valid {self.encoding} near row {rowno} (byte {e.start}); "
                                         "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
 
-    def _record(self, record: Mapping[str, Any], where: str, fallback_id: str) -> Document:
+    def _record(self, record: Mapping[str, Any], where: str, fallback_id: str, *, csv_row: bool = False) -> Document:
         fields = self._text_fields(record, where)
         missing = [f for f in fields if f not in record]
         if missing:
@@ -233,7 +255,13 @@ class FileLoader:
         doc_id = str(record[id_field]) if id_field and record.get(id_field) not in (None, "") else fallback_id
         source_field = self.source_field or next((f for f in SOURCE_FIELDS if record.get(f)), None)
         source = str(record[source_field]) if source_field and record.get(source_field) else fallback_id
-        metadata = {k: v for k, v in record.items() if k not in fields and _is_metadata(v)}
+        metadata = {k: v for k, v in record.items() if k not in fields and k != ACCESS_KEY and _is_metadata(v)}
+        if ACCESS_KEY in record:
+            # Validated, never dropped: a malformed list left out would make the document public.
+            try:
+                metadata[ACCESS_KEY] = checked_access(_csv_access(record[ACCESS_KEY], where) if csv_row else record[ACCESS_KEY])
+            except InputError as e:
+                raise DocumentLoadError(f"{where}: {e}") from None
         return Document(id=doc_id, text=text, source=source, metadata=metadata)
 
     def _text_fields(self, record: Mapping[str, Any], where: str) -> Sequence[str]:
@@ -247,6 +275,20 @@ class FileLoader:
         raise DocumentLoadError(
             f"{where}: cannot tell which field holds the text (fields: {_field_list(record)}); pass text_fields=[...]"
         )
+
+
+def _csv_access(cell: Any, where: str) -> Any:
+    """A CSV ``access`` cell as a list: a JSON array (``["user:ann","group:staff"]``) or principals
+    separated by ``;`` or ``,`` (``user:ann; group:staff``). An empty cell is an error (``*``: everyone)."""
+    import json
+
+    text = str(cell).strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise DocumentLoadError(f"{where}: the access cell {text[:60]!r} is not a JSON list") from None
+    return [p.strip() for p in text.replace(";", ",").split(",")]
 
 
 def _field_list(record: Mapping[str, Any]) -> str:

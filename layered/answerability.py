@@ -13,8 +13,9 @@ Per passage, three signals, each in 0..1 and cheap (no model call beyond retriev
 * ``coverage``: the share of the question's content words found in the passage, each word
   weighted by its rarity (longer words weigh more: a drug name or a test acronym is what a
   dense MiniLM score glosses over), with one-edit misspellings matching;
-* ``subject``: the share of the passage's subject words (its ``title``/``focus`` metadata, else
-  its first line) that the question names, with the same fuzzy match.
+* ``subject``: the share of the passage's subject words (:func:`subject_of`: its ``subject``,
+  ``focus``, ``subflow`` or ``title`` metadata, else its first line) that the question names,
+  with the same fuzzy match.
 
 They are combined by a logistic model, ``p = sigmoid(w . signals + b)``, fitted by
 :func:`fit_answerability` on labelled (question, passage) pairs: a passage is positive when it
@@ -85,9 +86,10 @@ def _weight(word: str) -> float:
 
 
 def subject_of(hit: Hit) -> str:
-    """What a passage is about: its ``title`` or ``focus`` metadata, else its first line."""
+    """What a passage is about: its ``subject``, ``focus``, ``subflow`` or ``title`` metadata (the first
+    present), else its first line."""
     meta = hit.chunk.metadata
-    for key in ("title", "focus", "subflow", "heading"):
+    for key in ("subject", "focus", "subflow", "title"):
         value = meta.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
@@ -182,13 +184,15 @@ class Answerability:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Answerability":
-        """Load one saved as JSON (:meth:`to_dict`)."""
+        """Load one saved as JSON (:meth:`to_dict`; a ``rows`` list beside it, the labelled rows a calibration
+        was fitted on, is not part of the decision)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: cannot read an answerability config ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: an answerability config is a JSON object")
+        data.pop("rows", None)
         return cls.from_dict(data)
 
 
@@ -264,30 +268,43 @@ def calibrate(
 ) -> Calibration:
     """Fit an :class:`Answerability` on judged ``examples`` (``metadata["answerable"]`` and the relevant
     ``metadata["doc_ids"]``), retrieving each question's passages with ``retrieve(question) -> hits``
-    (what the pipeline would show: e.g. ``pipe.retrieve``).
-
-    A passage is labelled positive when its document is relevant. The threshold is the one that
-    answers the most answerable questions from a relevant passage while answering at most
-    ``max_answered_unanswerable`` of the unanswerable ones (ties: the higher threshold).
-    Tune on a split you never report on.
+    (what the pipeline would show: e.g. ``pipe.retrieve``); see :func:`calibrate_rows`.
     """
     rows: list[dict[str, Any]] = []
-    groups: list[tuple[bool, list[tuple[Mapping[str, float], bool]]]] = []
     for e in examples:
         relevant = set(e.metadata.get("doc_ids") or ())
-        passages: list[tuple[Mapping[str, float], bool]] = []
-        for hit in retrieve(e.question):
-            f = signals(e.question, hit)
-            label = hit.chunk.doc_id in relevant
-            passages.append((f, label))
-            rows.append({"question": e.question, "chunk_id": hit.chunk.id, "doc_id": hit.chunk.doc_id, **f, "label": label})
-        groups.append((bool(e.metadata["answerable"]), passages))
-    weights, bias = fit_answerability((f, y) for _, ps in groups for f, y in ps)
+        for hit in retrieve(e.question) or [None]:
+            if hit is None:  # nothing retrieved: the question still counts (it cannot be answered)
+                rows.append({"question": e.question, "answerable": bool(e.metadata["answerable"]), "chunk_id": None})
+                continue
+            rows.append({"question": e.question, "answerable": bool(e.metadata["answerable"]), "chunk_id": hit.chunk.id,
+                         "doc_id": hit.chunk.doc_id, **signals(e.question, hit), "label": hit.chunk.doc_id in relevant})
+    return calibrate_rows(rows, max_answered_unanswerable=max_answered_unanswerable, report=report)
+
+
+def calibrate_rows(
+    rows: Sequence[Mapping[str, Any]], *, max_answered_unanswerable: float = 0.1, report: Mapping[str, Any] | None = None,
+) -> Calibration:
+    """Fit an :class:`Answerability` on labelled rows (one per question and passage shown: ``question``,
+    ``answerable``, the :data:`SIGNALS`, and ``label``: the passage's document answers it; a row with
+    ``chunk_id`` None is a question nothing was retrieved for). Deterministic, so a shipped decision is
+    reproduced from its rows.
+
+    The threshold is the one that answers the most answerable questions from a relevant passage while
+    answering at most ``max_answered_unanswerable`` of the unanswerable ones (ties: the higher
+    threshold). Tune on a split you never report on.
+    """
+    groups: dict[str, tuple[bool, list[tuple[Mapping[str, float], bool]]]] = {}
+    for row in rows:
+        answerable, passages = groups.setdefault(str(row["question"]), (bool(row["answerable"]), []))
+        if row.get("chunk_id") is not None:
+            passages.append(({s: float(row[s]) for s in SIGNALS}, bool(row["label"])))
+    weights, bias = fit_answerability((f, y) for _, ps in groups.values() for f, y in ps)
     model = Answerability(weights=weights, bias=bias)
-    sweep = [_question_outcomes(model, groups, t / 100) for t in range(1, 100)]
+    sweep = [_question_outcomes(model, list(groups.values()), t / 100) for t in range(1, 100)]
     allowed = [s for s in sweep if s["answered_unanswerable"] <= max_answered_unanswerable] or sweep[-1:]
     best = max(allowed, key=lambda s: (s["answered_right"], s["threshold"]))
     fitted = Answerability(weights=weights, bias=bias, threshold=best["threshold"],
-                           report={**dict(report or {}), "questions": len(examples), "passages": len(rows),
+                           report={**dict(report or {}), "questions": len(groups), "passages": sum(len(p) for _, p in groups.values()),
                                    "max_answered_unanswerable": max_answered_unanswerable, "on_tuning_questions": best})
-    return Calibration(answerability=fitted, rows=rows, sweep=sweep)
+    return Calibration(answerability=fitted, rows=[dict(r) for r in rows], sweep=sweep)

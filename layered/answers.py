@@ -133,6 +133,32 @@ def ground(question: str, text: str, prompt: Prompt, mode: str) -> tuple[str, di
     return text, report
 
 
+#: The prompt's own delimiters (``<passage id="1">``, ``</references>``): a model that echoes one does not show it.
+_DELIMITER = re.compile(r"</?\s*(?:passage|references)\b[^<>]{0,40}>", re.IGNORECASE)
+
+
+def strip_delimiters(text: str) -> str:
+    """``text`` without the prompt's passage delimiters (see :data:`_DELIMITER`)."""
+    return _DELIMITER.sub("", text) if "<" in text else text
+
+
+def stream_without_delimiters(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` with the prompt's delimiters removed as :func:`strip_delimiters` removes them from the whole
+    text: from a ``<`` on, text is held until it closes (or cannot be a delimiter any more)."""
+    held = ""
+    for piece in pieces:
+        held += piece
+        cut = held.rfind("<")
+        if cut == -1 or ">" in held[cut:] or len(held) - cut > 64:
+            out, held = strip_delimiters(held), ""
+        else:
+            out, held = strip_delimiters(held[:cut]), held[cut:]
+        if out:
+            yield out
+    if held:
+        yield strip_delimiters(held)
+
+
 _BARE_CITATION = re.compile(r"\[[\d,\s]*\]?\Z")
 
 
@@ -229,6 +255,7 @@ def build_answer(
     metadata: dict[str, Any] = {"citation_mode": "model", "adapter": adapter}
     if reasoning:
         metadata["reasoning"], text = split_reasoning(text)
+    text = strip_delimiters(text)
     if refusal and prompt.context and is_refusal(text, refusal):
         metadata.update(refused=True, refused_by="generator")
         return Answer(text=refusal_naming(prompt.context, lead=refusal), sources=sources(prompt), generation=generation, metadata=metadata)
@@ -293,7 +320,7 @@ def stream_answer(turn_of: Callable[[], Turn], stream: Callable[..., Iterable[st
                 raw.append(piece)
                 yield piece
 
-        answer_pieces = stream_answer_only(recorded()) if turn.reasoning else recorded()
+        answer_pieces = stream_without_delimiters(stream_answer_only(recorded()) if turn.reasoning else recorded())
         if grounding == "drop" and turn.prompt.context:
             answer_pieces = stream_grounded(turn.query, answer_pieces, turn.prompt, refusal=turn.refusal)
         yield from answer_pieces

@@ -60,9 +60,23 @@ DEMO_QUESTIONS: tuple[tuple[str, dict[str, str]], ...] = (
 _SLOT = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 
 
-def fill_slots(text: str, values: Mapping[str, Any]) -> str:
-    """Replace ``{{Name}}`` slots with ``values["Name"]``; unknown slots stay as they are."""
-    return _SLOT.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), text)
+#: What the shop's answers may say about the shop itself: fills the ``{{...}}`` slots of answers.
+SHOP = {"Company Name": "Contoso Outdoors", "Website Name": "the Contoso Outdoors website", "Website URL": "the Contoso Outdoors website",
+        "Customer Support Phone Number": "our customer support line", "Customer Support Hours": "our support hours",
+        "Online Company Portal Info": "your Contoso Outdoors account", "Online Order Interaction": "Order History"}
+
+
+def fill_slots(text: str, values: Mapping[str, Any], *, shop: Mapping[str, str] | None = None) -> str:
+    """Replace ``{{Name}}`` slots with ``values["Name"]``, else ``shop["Name"]`` (:data:`SHOP` by default);
+    unknown slots stay as they are (:func:`no_placeholders` words them for a customer)."""
+    known = {**(SHOP if shop is None else shop), **{k: str(v) for k, v in values.items()}}
+    return _SLOT.sub(lambda m: known.get(m.group(1), m.group(0)), text)
+
+
+def no_placeholders(text: str) -> str:
+    """``text`` with every ``{{Name}}`` slot still in it worded for a customer ("your order number"):
+    no template slot reaches a customer."""
+    return _SLOT.sub(lambda m: "your " + m.group(1).strip().lower(), text)
 
 
 def guideline_documents(path: Path = GUIDELINES) -> list[Document]:
@@ -77,7 +91,7 @@ def guideline_documents(path: Path = GUIDELINES) -> list[Document]:
                 steps.append(f"{i}. {action.get('text', '').strip()}" + (f" ({extra})" if extra else ""))
             text = f"{flow} ({body.get('description', '')}): {subflow}\n" + "\n".join(steps)
             docs.append(Document(id=f"abcd/{flow}/{subflow}", text=text, source="ABCD agent guidelines",
-                                 metadata={"scope": "policy", "flow": flow, "subflow": subflow}))
+                                 metadata={"scope": "policy", "flow": flow, "subflow": subflow, "subject": f"{flow}: {subflow}"}))
     return docs
 
 
@@ -85,8 +99,25 @@ def manual_documents(folder: Path = MANUALS) -> list[Document]:
     """The Contoso product manuals, headings kept as metadata, scoped ``product``."""
     from layered.retrieval.loaders import load_documents
 
-    return [Document(id=d.id, text=d.text, source=d.source, metadata={**d.metadata, "scope": "product"})
+    return [Document(id=d.id, text=d.text, source=d.source, metadata={**d.metadata, "scope": "product", "subject": product_name(d.text)})
             for d in load_documents(folder, include=["*.md"])]
+
+
+def product_name(manual: str) -> str:
+    """The product a Contoso manual is about: its second line up to the price ("TrailMaster X4 Tent")."""
+    lines = [line.strip() for line in manual.splitlines() if line.strip()]
+    return lines[1].split(",")[0].strip() if len(lines) > 1 else ""
+
+
+#: The answerability decision fitted on the support dev set's ``tune`` split (see ``medical.ANSWERABILITY_PATH``).
+ANSWERABILITY_PATH = DATA.parent / "support_answerability.json"
+
+
+def answerability() -> Any:
+    """The shipped answerability decision, or None before one was fitted."""
+    from layered.answerability import Answerability
+
+    return Answerability.from_file(ANSWERABILITY_PATH) if ANSWERABILITY_PATH.exists() else None
 
 
 #: The embedder's precision: fp32 on every CPU, as the medical assistant's (``medical.EMBED_PRECISION``).
@@ -108,7 +139,7 @@ def build(*, progress: bool = False, max_new_tokens: int = 120) -> Pipeline:
     retriever = ScopedRetriever(dense, ROUTER, SCOPES)
     retriever.add_documents([*manual_documents(), *guideline_documents()], progress=progress)
     return Pipeline(generator=TransformersGenerator(max_new_tokens=max_new_tokens), retriever=retriever, prompt=PROMPT,
-                    k=3, router=ROUTER, metadata={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION})
+                    k=3, router=ROUTER, abstain=answerability(), metadata={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION})
 
 
 def policy_splits() -> Splits:
@@ -156,7 +187,7 @@ def ask(pipe: Pipeline, question: str, **slots: Any) -> Answer:
     """
     grounding = "drop" if pipe.route(question) in (None, "base") else "mark"
     answer = pipe.replace(grounding=grounding).ask(question)
-    return dataclasses.replace(answer, text=fill_slots(answer.text, slots))
+    return dataclasses.replace(answer, text=no_placeholders(fill_slots(answer.text, slots)))
 
 
 def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False, adapter: bool = True) -> tuple[Pipeline, bool]:
@@ -167,4 +198,6 @@ def load_or_build(cache: Path, *, rebuild: bool = False, progress: bool = False,
     """
     pipe, reused = cached_pipeline(cache, name="support", expect={"bitext_sha256": sha256_file(BITEXT), "embed_precision": EMBED_PRECISION}, rebuild=rebuild,
                                    build=lambda: build(progress=progress))
+    if reused:
+        pipe = pipe.replace(abstain=answerability())
     return (with_adapter(pipe) if adapter else pipe), reused

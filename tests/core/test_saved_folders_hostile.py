@@ -248,3 +248,107 @@ def test_every_saved_file_and_folder_is_fsynced_before_the_swap(tmp_path, docs, 
     before_swap = {Path(p).name for p in synced[: swapped[0]]}
     files = [p for p in out.rglob("*")]
     assert files and all(p.name in before_swap for p in files), sorted({p.name for p in files} - before_swap)
+
+
+# -- issue 39 item 5 / issue 40 item 3: parts that disagree, sizes that would allocate ---------
+
+def _saved_store(tmp_path, docs):
+    folder = tmp_path / "p"
+    retriever = DenseRetriever(embedder=HashingEmbedder(64))
+    retriever.add_documents(docs[:3])
+    from layered.artifacts import save_folder_atomically
+
+    save_folder_atomically(folder, retriever.save)
+    return folder, retriever.config()
+
+
+def _load_store(folder, config):
+    from layered.retrieval.stores.faiss_store import FaissStore
+
+    return FaissStore.load(folder / "store", config["store"])
+
+
+def _patch_table(folder, edit):
+    table = folder / "store" / "chunks.jsonl"
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    edit(rows)
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_manifest(folder)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda rows: rows[0].update(faiss_id=10_000),              # an id FAISS does not hold
+    lambda rows: rows.pop(),                                   # a vector without its chunk
+    lambda rows: rows.append({**rows[0], "id": "extra#0"}),    # a faiss_id twice
+    lambda rows: rows[1].update(faiss_id="1"),
+    lambda rows: rows[1].pop("faiss_id"),
+    lambda rows: rows[1].pop("id"),
+    lambda rows: rows[1].update(metadata={"access": None}),
+], ids=["unknown id", "missing chunk", "duplicate id", "string id", "no faiss_id", "no chunk id", "bad access"])
+def test_a_chunk_table_that_disagrees_with_the_id_map_is_one_artifact_error(tmp_path, docs, edit):
+    folder, config = _saved_store(tmp_path, docs)
+    _patch_table(folder, edit)
+    with pytest.raises(ArtifactError) as info:
+        _load_store(folder, config).search(__import__("numpy").ones(64, dtype="float32"), k=3)
+    assert "\n" not in str(info.value)
+
+
+def _patch_index(folder, offset, value, fmt="<Q"):
+    import struct
+
+    path = folder / "store" / "index.faiss"
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    path.write_bytes(bytes(data))
+    write_manifest(folder)
+
+
+@pytest.mark.parametrize(("where", "value", "fmt"), [
+    ("id_map", 600_000_000, "<Q"), ("id_map", 2**33, "<Q"), ("id_map", 2**63, "<Q"),
+    ("codes", 600_000_000, "<Q"), ("ntotal", 600_000_000, "<q"), ("inner_ntotal", -5, "<q"),
+])
+def test_index_counts_are_checked_against_the_file_size_before_faiss_allocates(tmp_path, docs, where, value, fmt):
+    folder, config = _saved_store(tmp_path, docs)
+    size = (folder / "store" / "index.faiss").stat().st_size
+    header = 37  # FAISS's index header; IndexIDMap2's, then IndexFlatIP's, then the codes' count
+    # The id map's count sits right before its int64 ids, at the end of the file.
+    offsets = {"ntotal": 8, "inner_ntotal": header + 8, "codes": 2 * header, "id_map": size - 8 * config["store"]["size"] - 8}
+    _patch_index(folder, offsets[where], value, fmt)
+    # FAISS allocates in C++, out of tracemalloc's sight: load in a child capped at 1.5 GB of
+    # address space above its start, which an allocation sized from the patched count exceeds.
+    import subprocess
+    import sys
+
+    script = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "from layered.errors import ArtifactError\n"
+        "from layered.retrieval.stores.faiss_store import FaissStore\n"
+        "vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (1536 << 20), resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    FaissStore.load(Path(sys.argv[1]), json.loads(sys.argv[2]))\n"
+        "except ArtifactError as e:\n"
+        "    print('ArtifactError:', e)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(folder / "store"), json.dumps(config["store"])],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and not run.stderr.strip(), run.stderr[-500:]
+    assert run.stdout.startswith("ArtifactError:") and len(run.stdout.strip().splitlines()) == 1 and "index.faiss" in run.stdout
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.update(ef_search=1_000_000_000), lambda s: s.update(hnsw_m=100_000_000), lambda s: s.update(hnsw_m=1e8),
+    lambda s: s.update(ef_search=0), lambda s: s.update(ef_search="many"), lambda s: s.update(hnsw_threshold=-1),
+    lambda s: s.update(dim=10**9), lambda s: s.update(ef_search=True),
+])
+def test_store_sizes_in_a_saved_config_are_checked_against_documented_maxima(tmp_path, tiny_generator, docs, edit, capsys):
+    folder = tmp_path / "p"
+    retriever = DenseRetriever(embedder=HashingEmbedder(64))
+    retriever.add_documents(docs[:3])
+    Pipeline(generator=tiny_generator, retriever=retriever).save(folder)
+    rewrite(folder, lambda cfg: (edit(cfg["retriever"]["store"]), cfg["retriever"]["store"].update(index="hnsw")))
+    with pytest.raises(LayeredError):
+        Pipeline.load(folder)
+    assert cli.main(["ask", str(folder), "q"]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

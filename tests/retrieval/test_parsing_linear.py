@@ -71,7 +71,7 @@ HEADING_CASES = {
 
 @pytest.mark.parametrize("make", HEADING_CASES.values(), ids=HEADING_CASES.keys())
 def test_markdown_headings_are_linear(make):
-    assert growth(markdown_metadata, make, 1000) < MAX_GROWTH
+    assert growth(markdown_metadata, make, 200) < MAX_GROWTH
 
 
 def test_the_reported_heading_indexes_as_fast_as_plain_text(tmp_path):

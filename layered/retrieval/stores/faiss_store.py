@@ -14,6 +14,7 @@ sha256 manifest that is checked *before* FAISS parses the file.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -23,10 +24,16 @@ from layered.errors import ArtifactError, ConfigError
 from layered.protocols import Filters
 from layered.retrieval.filters import matches
 from layered.retrieval.stores.validation import checked_vectors
-from layered.types import Chunk, Hit
+from layered.types import ACCESS_KEY, Chunk, Hit, checked_access
 
 INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.jsonl"
+#: Documented maxima for the sizes a saved config may set (checked before FAISS allocates anything):
+#: a vector's dimension, HNSW's links per node (FAISS allocates M per level per vector) and its
+#: search beam (allocated per query).
+MAX_DIM = 65_536
+MAX_HNSW_M = 256
+MAX_EF_SEARCH = 65_536
 
 
 def _faiss():  # type: ignore[no-untyped-def]
@@ -53,6 +60,10 @@ class FaissStore:
     kind = "faiss"
 
     def __init__(self, dim: int, *, index: str = "auto", hnsw_threshold: int = 50_000, hnsw_m: int = 32, ef_search: int = 128) -> None:
+        for name, value, low, high in (("dim", dim, 1, MAX_DIM), ("hnsw_m", hnsw_m, 2, MAX_HNSW_M), ("ef_search", ef_search, 1, MAX_EF_SEARCH),
+                                       ("hnsw_threshold", hnsw_threshold, 0, 2**62)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise ConfigError(f"FaissStore {name} must be an integer in [{low}, {high}], got {value!r}")
         if dim < 1:
             raise ConfigError(f"vector dimension must be positive, got {dim}")
         if index not in ("auto", "flat", "hnsw"):
@@ -183,16 +194,21 @@ class FaissStore:
 
         Verify the folder's manifest first: FAISS must never parse an unchecked file.
         """
-        dim = int(config["dim"])
-        store = cls(
-            dim, index=config.get("index", "auto"), hnsw_threshold=int(config.get("hnsw_threshold", 50_000)),
-            hnsw_m=int(config.get("hnsw_m", 32)), ef_search=int(config.get("ef_search", 128)),
-        )
         try:
-            raw = np.frombuffer((folder / INDEX_FILE).read_bytes(), dtype=np.uint8)
-            index = _faiss().deserialize_index(raw)
+            store = cls(
+                _int(config.get("dim")), index=config.get("index", "auto"), hnsw_threshold=_int(config.get("hnsw_threshold", 50_000)),
+                hnsw_m=_int(config.get("hnsw_m", 32)), ef_search=_int(config.get("ef_search", 128)),
+            )
+        except ConfigError as e:
+            raise ArtifactError(f"{folder}: the saved store config is invalid: {e}") from None
+        dim = store.dim
+        try:
+            data = (folder / INDEX_FILE).read_bytes()
         except FileNotFoundError as e:
             raise ArtifactError(f"{folder / INDEX_FILE} is missing") from e
+        _check_index_sizes(data, dim, folder / INDEX_FILE)
+        try:
+            index = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as e:
             raise ArtifactError(f"{folder / INDEX_FILE} is not a readable FAISS index ({str(e).splitlines()[0]})") from e
         if index.d != dim:
@@ -200,14 +216,84 @@ class FaissStore:
         if not hasattr(index, "remove_ids") or type(index).__name__ != "IndexIDMap2":
             raise ArtifactError(f"{folder / INDEX_FILE} is a {type(index).__name__}, not the IndexIDMap2 this store writes")
         store._index = index
-        with open(folder / CHUNKS_FILE, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                i = int(rec.pop("faiss_id"))
-                chunk = Chunk.from_dict(rec)
-                store._chunks[i] = chunk
-                store._ids[chunk.id] = i
+        table = folder / CHUNKS_FILE
+        try:
+            with open(table, encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):
+                    try:
+                        rec = json.loads(line)
+                        i = rec.pop("faiss_id")
+                        if isinstance(i, bool) or not isinstance(i, int):
+                            raise ValueError(f"faiss_id {i!r} is not an integer")
+                        chunk = Chunk.from_dict(rec)
+                        if not isinstance(chunk.id, str) or not isinstance(chunk.text, str):
+                            raise ValueError("id and text must be strings")
+                        if ACCESS_KEY in chunk.metadata:
+                            checked_access(chunk.metadata[ACCESS_KEY])  # an InputError is a ValueError
+                    except (ValueError, TypeError, KeyError, AttributeError) as e:
+                        raise ArtifactError(f"{table}:{number}: not a chunk record ({_first_line(e)})") from None
+                    if i in store._chunks or chunk.id in store._ids:
+                        raise ArtifactError(f"{table}:{number}: faiss_id {i} or chunk id {chunk.id[:60]!r} appears twice")
+                    store._chunks[i] = chunk
+                    store._ids[chunk.id] = i
+        except FileNotFoundError:
+            raise ArtifactError(f"{table} is missing") from None
+        except UnicodeDecodeError:
+            raise ArtifactError(f"{table} is not UTF-8 text") from None
+        # Every id FAISS can return must have its chunk, and every chunk its vector: otherwise a
+        # search (or the HNSW rebuild) would fail later with a KeyError or a FAISS exception.
+        mapped = _faiss().vector_to_array(index.id_map)
+        if len(mapped) != len(store._chunks) or set(mapped.tolist()) != set(store._chunks):
+            extra = sorted(set(mapped.tolist()) - set(store._chunks))[:3]
+            missing = sorted(set(store._chunks) - set(mapped.tolist()))[:3]
+            raise ArtifactError(f"{folder}: the chunk table and the FAISS id map disagree ({len(mapped)} vectors, "
+                                f"{len(store._chunks)} chunks; ids without a chunk: {extra}, chunks without a vector: {missing}); "
+                                "re-index, or restore the folder")
+        store._index = index
         store._next = max(store._chunks, default=-1) + 1
-        if store._index.ntotal != len(store._chunks):
-            raise ArtifactError(f"{folder}: index holds {store._index.ntotal} vectors but {len(store._chunks)} chunks")
         return store
+
+
+def _int(value: Any) -> Any:
+    """A config integer: ints as they are, integral floats (``1e8``) as ints; anything else is left for the range check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:160] if text else type(e).__name__)
+
+
+# The serialised layout of what save() writes: IndexIDMap2 ("IxM2") around IndexFlatIP ("IxFI"),
+# each with FAISS's index header, then the flat codes and the id map, each a uint64 count + data.
+_HEADER = struct.Struct("<4siqqqBi")  # fourcc, d, ntotal, 2 dummies, is_trained, metric
+
+
+def _check_index_sizes(data: bytes, dim: int, path: Path) -> None:
+    """Refuse an index file whose counts disagree with each other or with the file's size,
+    before FAISS reads them and allocates (a patched id-map count of 6e8 took 4.75 GB)."""
+    def refuse(why: str) -> None:
+        raise ArtifactError(f"{path}: {why}; not the index this store writes (re-index, or restore the folder)")
+
+    if len(data) < 2 * _HEADER.size + 16:
+        refuse(f"{len(data)} bytes is too short for a FAISS index")
+    outer, inner = _HEADER.unpack_from(data, 0), _HEADER.unpack_from(data, _HEADER.size)
+    if outer[0] != b"IxM2" or inner[0] not in (b"IxFI", b"IxF2"):
+        refuse(f"index type {outer[0]!r}/{inner[0]!r} instead of b'IxM2'/b'IxFI'")
+    if outer[1] != dim or inner[1] != dim:
+        raise ArtifactError(f"{path} holds {outer[1]}-d vectors but the embedder makes {dim}-d ones")
+    ntotal = outer[2]
+    if inner[2] != ntotal or not 0 <= ntotal <= len(data) // max(4 * dim, 1):
+        refuse(f"its vector counts ({outer[2]}, {inner[2]}) do not fit its {len(data)} bytes")
+    pos = 2 * _HEADER.size
+    (codes,) = struct.unpack_from("<Q", data, pos)
+    pos += 8
+    if codes != ntotal * dim or pos + 4 * codes + 8 > len(data):
+        refuse(f"its vector data count ({codes}) does not match {ntotal} vectors of {dim} dimensions")
+    pos += 4 * codes
+    (ids,) = struct.unpack_from("<Q", data, pos)
+    pos += 8
+    if ids != ntotal or pos + 8 * ids != len(data):
+        refuse(f"its id map counts {ids} ids for {ntotal} vectors in {len(data)} bytes")

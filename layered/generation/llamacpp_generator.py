@@ -33,6 +33,7 @@ from layered import models
 from layered.adapters import DEFAULT, runtime
 from layered.artifacts import sha256_file
 from layered.errors import ConfigError
+from layered.generation.cancel import stop_signal
 from layered.generation.common import DECODING_KEYS, LocalDecoding, chat_messages, check_fits
 from layered.generation.gguf_weights import gguf_tokenizer, widened
 from layered.generation.guards import DecodingGuard
@@ -245,8 +246,11 @@ class LlamaCppGenerator(LocalDecoding):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held = ""  # text that might be the start of a stop string
         tokens = job.tokens()
+        cancel = stop_signal()  # the caller's stop signal (a server whose client left)
         try:
             for token in tokens:
+                if cancel.is_set():
+                    return  # closing the token iterator below frees the job's slot before the next step
                 held += decoder.decode(engine.piece(token))
                 if self.stop:
                     cut = min((i for i in (held.find(s) for s in self.stop) if i >= 0), default=-1)

@@ -17,6 +17,7 @@ from layered import models
 from layered.adapters import DEFAULT, runtime
 from layered.adapters.config import AdapterConfig
 from layered.errors import ConfigError
+from layered.generation.cancel import stop_signal
 from layered.generation.common import DECODING_KEYS, LocalDecoding, chat_messages, check_fits
 from layered.types import Generation, Prompt
 
@@ -249,10 +250,13 @@ class TransformersGenerator(LocalDecoding):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+        cancel = stop_signal()  # the caller's stop signal (a server whose client left), read on the calling thread
+
         class Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # a bool per row
                 run.new_tokens = int(input_ids.shape[-1]) - run.prompt_tokens
-                return torch.full((input_ids.shape[0],), run.stopped, dtype=torch.bool, device=input_ids.device)
+                stop = run.stopped or cancel.is_set()
+                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
         with self._lock:
             model, tok = self._load()

@@ -230,15 +230,20 @@ def _cmd_tune_retriever(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from layered.generation.backends import set_llamacpp_options
+    from layered.serving.access import LOOPBACK, check_identity_source
     from layered.serving.server import PipelineServer, ServeOptions
 
     pipe = _load_pipeline(args.dir, args)
+    check_identity_source(pipe, user_header=args.user_header, public_only=args.public_only)  # before the model loads
     if args.backend:
         pipe = pipe.serve_with(args.backend)
     set_llamacpp_options(pipe.generator, parallel=args.parallel, ignore_eos=args.ignore_eos)  # read when the model loads
     pipe.warm_up()
     options = ServeOptions(model_name=args.name, max_body_bytes=args.max_body, max_queue=args.max_queue,
-                           user_header=args.user_header, groups_header=args.groups_header)
+                           user_header=args.user_header, groups_header=args.groups_header,
+                           trusted_proxies=tuple(args.trusted_proxies or LOOPBACK), public_only=args.public_only,
+                           header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                           max_connections=args.max_connections)
     server = PipelineServer(pipe, (args.host, args.port), options)
     # Always said (even with -q): a server that does not say where it listens is no use.
     print(f"layered: serving {args.name} on {server.url} (POST /v1/chat/completions, POST /ask, GET /v1/models, "

@@ -143,15 +143,31 @@ def _tune_retriever(sub: Commands) -> None:
 def _serve(sub: Commands) -> None:
     srv = sub.add_parser("serve", help="serve a saved pipeline over HTTP",
                          description="Serve the pipeline in DIR: POST /v1/chat/completions (OpenAI-compatible, streaming), "
-                                     "POST /ask (answer + citations), GET /v1/models, GET /health. Stop with Ctrl-C.")
+                                     "POST /ask (answer + citations), GET /v1/models, GET /health. Stop with Ctrl-C. "
+                                     "Access control: behind a proxy that authenticates users and sets --user-header (and "
+                                     "--groups-header), replacing what clients sent; those headers count only from "
+                                     "--trusted-proxy peers. An index holding restricted documents (an access list other than "
+                                     "['*']) is not served without --user-header or --public-only.")
     srv.add_argument("dir", help="saved pipeline folder")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     srv.add_argument("--backend", choices=BACKENDS,
                      help="generator backend (default: as saved); llamacpp runs the same weights and the exported LoRA ~4x faster on CPU")
     srv.add_argument("--name", default="layered", help="model id reported by /v1/models (default layered)")
-    srv.add_argument("--user-header", help="header carrying the user id; when set, retrieval honours document access lists")
-    srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated")
+    srv.add_argument("--user-header", help="header carrying the user id, set by a trusted proxy; when set, retrieval honours "
+                                           "document access lists (an index with restricted documents needs it, or --public-only)")
+    srv.add_argument("--groups-header", help="header carrying the user's groups, comma-separated (sent once)")
+    srv.add_argument("--trusted-proxy", action="append", dest="trusted_proxies", metavar="ADDR",
+                     help="IP or CIDR range of the proxy that sets --user-header/--groups-header (repeatable; default: loopback "
+                          "only, 127.0.0.1 and ::1); a request carrying them from any other peer gets 403")
+    srv.add_argument("--public-only", action="store_true",
+                     help="serve only documents whose access list includes '*', to everyone, without identity headers")
+    srv.add_argument("--header-timeout", type=_seconds, default=10.0,
+                     help="seconds a connection has to send a complete request head, however slowly (default 10; 408 and close)")
+    srv.add_argument("--keep-alive-timeout", type=_seconds, default=5.0,
+                     help="seconds an idle connection stays open after a response (default 5)")
+    srv.add_argument("--max-connections", type=_positive, default=512,
+                     help="open connections at most; past it a new one gets 503 and is closed (default 512)")
     srv.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503 (default 32)")
     srv.add_argument("--parallel", type=_positive, help="llama.cpp backend: requests decoded together (default 8; 1 answers one "
                                                         "at a time)")
@@ -229,6 +245,16 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is out of range; use 1-65535 (0 picks a free one)")
     return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds above 0")
+    return seconds
 
 
 def _positive(value: str) -> int:

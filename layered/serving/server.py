@@ -8,16 +8,22 @@ the server, and every error response closes its connection (RFC 9112 §6.3: a bo
 unread must never be parsed as the next request).
 
 HTTP framing (Content-Length and chunked rules, header limits, pipelining) is h11's job, a
-maintained parser that refuses negative, duplicate or non-numeric Content-Length; this
+maintained parser that refuses negative, duplicate or non-numeric Content-Length, made strict
+where a front proxy could read a message differently (both Transfer-Encoding and
+Content-Length, obs-folded headers, chunk sizes that overflow: 400 and close) and given header,
+idle and keep-alive timeouts and a connection limit (:mod:`layered.serving.http11`); this
 module only validates what the JSON says (:mod:`layered.serving.requests`).
 
 Limits: request bodies over ``max_body_bytes`` get 413; at most ``max_queue`` requests wait
 for the model and the rest get 503 with ``Retry-After``. A streamed answer runs on its own
-thread; when its client disconnects the stream is closed, which stops the generator's
-decoding loop within one step and frees the slot at once. When ``user_header`` is set,
+thread. Work outlives no client: when the client of a stream or of a non-streamed request
+disconnects (or half-closes its socket), the generator's decoding loop stops at its next
+step (:mod:`layered.generation.cancel`) and the slot is freed. When ``user_header`` is set,
 each request must carry the user's id in that header (and optionally groups,
-comma-separated, in ``groups_header``); retrieval then returns only passages that user may
-see.
+comma-separated, in ``groups_header``), set by a trusted proxy (``trusted_proxies``; identity
+headers from any other peer get 403); retrieval then returns only passages that user may
+see. A pipeline holding restricted documents is served only with ``user_header`` or
+``public_only`` (:mod:`layered.serving.access`).
 
 :class:`PipelineServer` keeps the ``socketserver``-like facade (``url``,
 ``server_address``, ``serve_forever``, ``start``, ``shutdown``, ``server_close``): the
@@ -40,9 +46,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from layered.errors import ConfigError, ContextOverflowError, InputError, LayeredError
+from layered.generation.cancel import cancel_on
 from layered.retrieval.filters import User
+from layered.serving import access
 from layered.serving import openai_format as oai
 from layered.serving import requests as rq
+from layered.serving.http11 import ConnectionLimits, protocol_class
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +60,12 @@ log = logging.getLogger(__name__)
 class ServeOptions:
     """How the server behaves; the defaults suit one CPU model behind a loopback port.
 
-    ``read_timeout`` bounds how long a client may take to send its request body (408 after).
+    ``read_timeout`` bounds how long a client may take to send its request body (408 after);
+    ``header_timeout`` its request head, ``keep_alive_timeout`` an idle connection after a response;
+    ``max_connections`` open connections at most (:class:`~layered.serving.http11.ConnectionLimits`).
+    ``trusted_proxies``: the peers (IPs or CIDR ranges) whose identity headers count;
+    ``public_only``: serve only documents whose access list includes ``"*"``
+    (:mod:`layered.serving.access`).
     """
 
     model_name: str = "layered"
@@ -60,6 +74,15 @@ class ServeOptions:
     user_header: str | None = None
     groups_header: str | None = None
     read_timeout: float = 30.0
+    trusted_proxies: tuple[str, ...] = access.LOOPBACK
+    public_only: bool = False
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 512
+
+    def limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout=self.header_timeout, keep_alive_timeout=self.keep_alive_timeout,
+                                max_connections=self.max_connections, max_chunk_bytes=self.max_body_bytes)
 
 
 class HTTPError(Exception):
@@ -114,6 +137,9 @@ class _App:
 
     def __init__(self, pipeline: Any, options: ServeOptions, admission: _Admission) -> None:
         self.pipeline, self.options, self.admission = pipeline, options, admission
+        self.trusted = access.networks(options.trusted_proxies)
+        # A public-only server answers from public documents only, the filter inside the store query.
+        self.scope: dict[str, Any] = {"filters": access.PUBLIC_ONLY} if options.public_only else {}
         routes = {"/health": ("GET", self._health), "/v1/models": ("GET", self._models),
                   "/v1/chat/completions": ("POST", self._chat), "/ask": ("POST", self._ask), "/": ("GET", self._page)}
         self.static = _static_files()
@@ -163,21 +189,47 @@ class _App:
         header = self.options.user_header
         if header is None:
             return None
+        groups_header = self.options.groups_header
+        peer = request.client.host if request.client else None
+        if not access.is_trusted(peer, self.trusted):
+            sent = [name for name in (header, groups_header) if name and request.headers.getlist(name)]
+            if sent:  # a client naming itself: never believed, never served as someone else
+                raise HTTPError(403, f"identity headers ({', '.join(sent)}) are accepted only from a trusted proxy "
+                                     f"(--trusted-proxy); {peer or 'this peer'} is not one", "permission_error")
+            raise HTTPError(401, f"the {header} header naming the user is required, set by a trusted proxy", "authentication_error")
         values = request.headers.getlist(header)
         if len(values) > 1:
             raise HTTPError(400, f"the {header} header appears {len(values)} times; send it once")
         user_id = (values[0] if values else "").strip()
         if not user_id:
             raise HTTPError(401, f"the {header} header naming the user is required", "authentication_error")
-        groups_header = self.options.groups_header
-        groups = [g.strip() for g in ",".join(request.headers.getlist(groups_header)).split(",") if g.strip()] if groups_header else []
+        sent = request.headers.getlist(groups_header) if groups_header else []
+        if len(sent) > 1:  # a proxy that appended its value to the client's: refuse, as for the user header
+            raise HTTPError(400, f"the {groups_header} header appears {len(sent)} times; send it once")
+        groups = [g.strip() for g in (sent[0] if sent else "").split(",") if g.strip()]
         return User(user_id, groups=tuple(groups))
 
-    async def _run(self, work: Callable[[], Any]) -> Any:
-        """Run blocking pipeline work on a worker thread, inside the admission limit."""
+    async def _run(self, work: Callable[[], Any], request: Request) -> Any:
+        """Run blocking pipeline work on a worker thread, inside the admission limit; when the
+        client disconnects first, its generation stops at the next decoding step (the slot is
+        held until it has)."""
         self.admission.enter()
+        stop = threading.Event()
+
+        def cancellable() -> Any:
+            with cancel_on(stop):
+                return work()
+
         try:
-            return await anyio.to_thread.run_sync(work)
+            job = asyncio.ensure_future(anyio.to_thread.run_sync(cancellable))
+            gone = asyncio.ensure_future(_disconnected(request.receive))
+            try:
+                await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not job.done():
+                    stop.set()
+                gone.cancel()
+            return await job  # after a disconnect: what was decoded so far, answered to no one
         finally:
             self.admission.leave()
 
@@ -192,6 +244,7 @@ class _App:
             "audiences": list(audiences) if isinstance(audiences, dict) else [],
             "default_audience": getattr(prompt, "default_audience", None) if isinstance(audiences, dict) else None,
             "user_header": self.options.user_header, "groups_header": self.options.groups_header,
+            "public_only": self.options.public_only,
         })
 
     async def _page(self, request: Request) -> Response:
@@ -213,22 +266,23 @@ class _App:
         return JSONResponse({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "layered"} for i in ids]})
 
     async def _ask(self, request: Request) -> Response:
+        user = self._user(request)  # before the body: a refused identity costs no read
         body = await self._body(request)
         ask = rq.ask_request(body, max_tokens_limit=rq.token_limit(self.pipeline.generator))
-        user = self._user(request)
 
         def work() -> Any:
             return self.pipeline.ask(ask.question, k=ask.k, user=user, adapter=ask.adapter, max_new_tokens=ask.max_tokens,
-                                     **ask.variables)
+                                     **self.scope, **ask.variables)
 
-        return JSONResponse(oai.answer_json(await self._run(work)))
+        return JSONResponse(oai.answer_json(await self._run(work, request)))
 
     async def _chat(self, request: Request) -> Response:
+        user = self._user(request)
         body = await self._body(request)
         name = self.options.model_name
         chat = rq.chat_request(body, served=name, max_tokens_limit=rq.token_limit(self.pipeline.generator))
-        user = self._user(request)
-        options = {"k": chat.k, "user": user, "adapter": chat.adapter, "max_new_tokens": chat.max_tokens, **chat.variables}
+        options = {"k": chat.k, "user": user, "adapter": chat.adapter, "max_new_tokens": chat.max_tokens, **self.scope,
+                   **chat.variables}
         if chat.stream:
             self.admission.enter()  # left by the producer thread when generation has stopped
             producer = _Producer(lambda: self.pipeline.chat_stream(chat.messages, **options), self.admission)
@@ -237,7 +291,7 @@ class _App:
         def work() -> Any:
             return self.pipeline.chat(chat.messages, **options)
 
-        return JSONResponse(oai.completion(await self._run(work), chat.model))
+        return JSONResponse(oai.completion(await self._run(work, request), chat.model))
 
 
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -295,25 +349,29 @@ class _Producer:
 
     def _run(self) -> None:
         try:
-            pieces = self.make()
-            try:
-                for piece in pieces:
-                    if self.cancelled.is_set():
-                        break
-                    self._put(piece)
-                self.metadata = dict(getattr(pieces, "metadata", None) or {})
-                self.citations = tuple(getattr(pieces, "citations", ()) or ())
-                self.sources = tuple(getattr(pieces, "sources", ()) or ())
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()  # stops the decoding loop when we broke out early
+            with cancel_on(self.cancelled):  # cancel() stops the decoding loop at its next step, even mid-sentence
+                self._pull()
             self._put(_END)
         except BaseException as e:  # surfaced on the event loop
             self._put(e)
         finally:
             self.done.set()
             self.admission.leave()
+
+    def _pull(self) -> None:
+        pieces = self.make()
+        try:
+            for piece in pieces:
+                if self.cancelled.is_set():
+                    break
+                self._put(piece)
+            self.metadata = dict(getattr(pieces, "metadata", None) or {})
+            self.citations = tuple(getattr(pieces, "citations", ()) or ())
+            self.sources = tuple(getattr(pieces, "sources", ()) or ())
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # stops the decoding loop when we broke out early
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -396,13 +454,16 @@ class PipelineServer:
     def __init__(self, pipeline: Any, address: tuple[str, int] = ("127.0.0.1", 8000), options: ServeOptions | None = None) -> None:
         self.pipeline = pipeline
         self.options = options or ServeOptions()
+        access.check_identity_source(pipeline, user_header=self.options.user_header, public_only=self.options.public_only)
+        limits = self.options.limits()  # checked before the port is taken
         self.admission = _Admission(self.options.max_queue)
+        self.app = _App(pipeline, self.options, self.admission)
         self.socket = _bind(*address)
         self.server_address: tuple[Any, ...] = self.socket.getsockname()
-        self.app = _App(pipeline, self.options, self.admission)
+        # proxy_headers off: the peer that trusted_proxies is checked against is the socket's, never X-Forwarded-For.
         config = uvicorn.Config(
-            self.app, http="h11", lifespan="off", ws="none", interface="asgi3", log_config=None, log_level="warning",
-            access_log=False, timeout_graceful_shutdown=2, h11_max_incomplete_event_size=64 * 1024,
+            self.app, http=protocol_class(limits), lifespan="off", ws="none", interface="asgi3", log_config=None,
+            log_level="warning", access_log=False, timeout_graceful_shutdown=2, proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
         self._running = threading.Event()

@@ -11,6 +11,7 @@ from layered.retrieval.chunkers import TokenChunker
 from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.retrieval.filters import User
+from layered.serving.access import PUBLIC_ONLY  # the view of a public-only server (its index holds a restricted memo)
 from layered.types import Document
 from tests.helpers import request
 
@@ -26,9 +27,9 @@ def pipe(tiny_generator, docs):
 
 
 def test_ask_and_chat_completions_return_the_pipelines_answer(server, pipe):
-    srv = server()
+    srv = server(public_only=True)
     question = "What causes thyroid problems?"
-    expected = pipe.ask(question)
+    expected = pipe.ask(question, filters=PUBLIC_ONLY)
     status, _, body = request(srv, "POST", "/ask", {"question": question})
     data = json.loads(body)
     assert status == 200 and data["answer"] == expected.text
@@ -43,7 +44,7 @@ def test_ask_and_chat_completions_return_the_pipelines_answer(server, pipe):
 
 
 def test_streaming_sends_server_sent_events_ending_in_done(server, pipe):
-    srv = server()
+    srv = server(public_only=True)
     question = "What causes thyroid problems?"
     status, headers, body = request(srv, "POST", "/v1/chat/completions",
                                     {"messages": [{"role": "user", "content": question}], "stream": True})
@@ -52,7 +53,7 @@ def test_streaming_sends_server_sent_events_ending_in_done(server, pipe):
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == pipe.ask(question).text
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == pipe.ask(question, filters=PUBLIC_ONLY).text
 
 
 @pytest.mark.parametrize("method, path, body, raw, headers, status, message", [
@@ -80,14 +81,14 @@ def test_streaming_sends_server_sent_events_ending_in_done(server, pipe):
     ("POST", "/ask", None, b"x" * 200_000, None, 413, "limit is 100000"),
 ])
 def test_bad_requests_get_a_json_4xx_and_the_server_lives_on(server, method, path, body, raw, headers, status, message):
-    srv = server(max_body_bytes=100_000)
+    srv = server(max_body_bytes=100_000, public_only=True)
     got, _, payload = request(srv, method, path, body, headers, raw)
     assert got == status and message in json.loads(payload)["error"]["message"]
     assert request(srv, "GET", "/health")[0] == 200
 
 
 def test_a_full_queue_gets_503_with_retry_after(server):
-    srv = server(max_queue=0)
+    srv = server(max_queue=0, public_only=True)
     status, headers, payload = request(srv, "POST", "/ask", {"question": "What causes thyroid problems?"})
     assert status == 503 and headers["Retry-After"] == "1" and "busy" in json.loads(payload)["error"]["message"]
 
@@ -104,10 +105,10 @@ def test_access_control_comes_from_the_configured_headers(server):
 
 def test_chat_completions_answer_the_whole_conversation(server, pipe):
     """The client sends the history; the follow-up is retrieved for as a standalone question."""
-    srv = server()
+    srv = server(public_only=True)
     messages = [{"role": "user", "content": "What is Graves disease?"}, {"role": "assistant", "content": "A thyroid condition."},
                 {"role": "user", "content": "How is it treated?"}]
-    expected = pipe.chat(messages)
+    expected = pipe.chat(messages, filters=PUBLIC_ONLY)
     status, _, body = request(srv, "POST", "/v1/chat/completions", {"model": "tiny", "messages": messages})
     data = json.loads(body)
     assert status == 200 and data["choices"][0]["message"]["content"] == expected.text
@@ -117,7 +118,7 @@ def test_chat_completions_answer_the_whole_conversation(server, pipe):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
     assert chunks[-1]["layered"]["metadata"]["query"] == "How is Graves disease treated?"
     # The 'layered' object carries /ask's k and variables.
-    narrow = pipe.chat(messages, k=1)
+    narrow = pipe.chat(messages, k=1, filters=PUBLIC_ONLY)
     status, _, body = request(srv, "POST", "/v1/chat/completions", {"messages": messages, "layered": {"k": 1, "variables": {}}})
     data = json.loads(body)
     assert status == 200 and data["choices"][0]["message"]["content"] == narrow.text
@@ -125,7 +126,7 @@ def test_chat_completions_answer_the_whole_conversation(server, pipe):
 
 
 def test_the_chat_page_and_its_files_are_served_with_a_same_origin_policy(server):
-    srv = server()
+    srv = server(public_only=True)
     status, headers, page = request(srv, "GET", "/")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8" and b"<title>layered chat</title>" in page
     policy = headers["Content-Security-Policy"]

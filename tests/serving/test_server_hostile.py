@@ -94,7 +94,7 @@ def test_an_early_error_never_parses_the_body_as_a_second_request(server, outer)
     b"Content-Length: 99999999999999999999999999\r\n\r\n",
 ])
 def test_negative_duplicate_and_non_numeric_content_length_are_refused(server, framing):
-    srv = server(max_body_bytes=100_000)
+    srv = server(max_body_bytes=100_000, public_only=True)
     t = time.monotonic()
     raw = exchange(srv, b"POST /ask HTTP/1.1\r\nHost: x\r\n" + framing + b"x" * 2_000_000, timeout=10)
     assert statuses(raw) and 400 <= statuses(raw)[0] < 500, raw[:300]
@@ -137,7 +137,7 @@ def user(content):
     (CHAT, None, b"[" * 200_000),
 ])
 def test_client_input_never_gets_a_5xx(server, path, body, raw):
-    srv = server(max_body_bytes=1 << 20)
+    srv = server(max_body_bytes=1 << 20, public_only=True)
     status, headers, payload = request(srv, "POST", path, body, {"Content-Type": "application/json"}, raw)
     assert 400 <= status < 500, payload[:300]
     assert headers["Content-Type"].startswith("application/json") and json.loads(payload)["error"]["message"]
@@ -146,7 +146,7 @@ def test_client_input_never_gets_a_5xx(server, path, body, raw):
 
 @pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH", "OPTIONS", "TRACE", "BREW"])
 def test_unknown_methods_get_a_json_405_or_404(server, method):
-    srv = server()
+    srv = server(public_only=True)
     for path in ("/ask", CHAT, "/health", "/nowhere"):
         status, headers, payload = request(srv, method, path)
         assert status in (404, 405), (method, path, status)
@@ -154,7 +154,7 @@ def test_unknown_methods_get_a_json_405_or_404(server, method):
 
 
 def test_max_tokens_is_honoured_up_to_the_models_limit(server, pipe):
-    srv = server()
+    srv = server(public_only=True)
     limit = pipe.generator.max_new_tokens
     status, _, payload = request(srv, "POST", CHAT, {**user("What causes thyroid problems?"), "max_tokens": 2})
     assert status == 200 and json.loads(payload)["usage"]["completion_tokens"] <= 2
@@ -172,11 +172,11 @@ def test_max_tokens_is_honoured_up_to_the_models_limit(server, pipe):
 
 def test_a_port_out_of_range_or_in_use_is_a_one_line_config_error(pipe):
     with pytest.raises(ConfigError, match="port"):
-        PipelineServer(pipe, ("127.0.0.1", 70000), ServeOptions())
-    first = PipelineServer(pipe, ("127.0.0.1", 0), ServeOptions())
+        PipelineServer(pipe, ("127.0.0.1", 70000), ServeOptions(public_only=True))
+    first = PipelineServer(pipe, ("127.0.0.1", 0), ServeOptions(public_only=True))
     try:
         with pytest.raises(ConfigError, match="cannot listen"):
-            PipelineServer(pipe, first.server_address[:2], ServeOptions())
+            PipelineServer(pipe, first.server_address[:2], ServeOptions(public_only=True))
     finally:
         first.server_close()
 
@@ -196,7 +196,7 @@ def test_a_client_that_disconnects_stops_generation(server, pipe):
     full = pipe.generator.generate(pipe.build_prompt(question))
     full_seconds = time.monotonic() - t
     assert full.completion_tokens >= 300  # the tiny random model rarely stops by itself
-    srv = server()
+    srv = server(public_only=True)
     for _ in range(5):  # abandon five streams at their first byte
         with socket.create_connection(srv.server_address[:2], timeout=30) as s:
             s.sendall(_stream_request(question))

@@ -11,11 +11,20 @@ newlines, form feeds and U+2028 inside strings stay data); a file over ``max_fil
 after decompression, or one document (a JSONL line, a CSV row, a text/HTML/Markdown file, a
 PDF page) over ``max_document_bytes``, fails with one :class:`DocumentLoadError` line naming
 the file and the limit; so does anything a parser refuses (deep nesting, NUL bytes, bad
-encodings, malformed PDFs). Nothing is silently dropped.
+encodings, malformed PDFs). A UTF-8 byte-order mark is not data (a CSV's first column keeps
+its name).
+
+Nothing is silently dropped. In a folder, a file that cannot be loaded is skipped (the rest
+load) unless ``strict=True``, where the first one raises; a file given by name always raises.
+Files a folder holds but the loader does not read (archives, ``.txt.gz`` and other compressed
+files, FIFOs and devices, other types, links leaving the folder) and empty PDFs are skipped
+too. Every skip is reported when the load ends: one warning line per reason, naming the files
+(``skipped`` collects them as ``(name, reason)`` pairs for a caller that wants them).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import logging
@@ -38,6 +47,9 @@ MARKUP_SUFFIXES = (".html", ".htm", ".pdf")
 RECORD_SUFFIXES = (".jsonl", ".csv")
 GZIP_SUFFIX = ".jsonl.gz"
 SUPPORTED = frozenset(TEXT_SUFFIXES + MARKUP_SUFFIXES + RECORD_SUFFIXES + (GZIP_SUFFIX,))
+ARCHIVE_SUFFIXES = frozenset((".zip", ".tar", ".tgz", ".tbz2", ".txz", ".gz", ".bz2", ".xz", ".zst", ".lz4", ".7z", ".rar"))
+#: How many file names one summary line names before "and N more".
+SUMMARY_NAMES = 10
 ID_FIELDS = ("id", "_id", "doc_id")
 TEXT_FIELDS = ("text", "content", "body")
 SOURCE_FIELDS = ("url", "source_url")
@@ -69,6 +81,9 @@ class FileLoader:
     :class:`DocumentLoadError` line naming the file and line, never a public document.
     ``source_field`` names the field used as the document's source (default: ``url`` when
     present, else ``path:line``).
+
+    ``strict``: in a folder, stop at the first file that cannot be loaded (default: skip it and
+    report it). ``skipped``: a list that receives ``(name, reason)`` for each file skipped.
     """
 
     text_fields: Sequence[str] | None = None
@@ -78,25 +93,34 @@ class FileLoader:
     include: Sequence[str] = ("*",)
     exclude: Sequence[str] = ()
     limits: LoadLimits = field(default_factory=LoadLimits)
+    strict: bool = False
+    skipped: list[tuple[str, str]] | None = field(default=None, compare=False, repr=False)
 
-    def _walk(self, root: Path) -> list[Path]:
+    def _walk(self, root: Path, skipped: dict[str, list[str]]) -> list[Path]:
         """Files under ``root`` matching include/exclude globs, never outside ``root``.
 
-        Patterns match the path relative to ``root`` (``*`` crosses folders). A file whose
-        real path leaves ``root`` (a symlink pointing elsewhere) is skipped with a warning.
+        Patterns match the path relative to ``root`` (``*`` crosses folders). Matching files the
+        loader cannot read (a symlink pointing elsewhere, a FIFO, an archive, another type) are
+        added to ``skipped`` (reason -> names), never opened.
         """
         real_root = root.resolve()
         out = []
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()
-            if not path.is_file() or _suffix(path) not in SUPPORTED:
+            if path.is_dir() or not any(fnmatch(rel, p) for p in self.include) or any(fnmatch(rel, p) for p in self.exclude):
                 continue
-            if not any(fnmatch(rel, p) for p in self.include) or any(fnmatch(rel, p) for p in self.exclude):
-                continue
-            if not path.resolve().is_relative_to(real_root):
-                log.warning("skipping %s: it points outside %s", rel, root)
-                continue
-            out.append(path)
+            reason = None
+            if not path.is_file():
+                reason = "not a regular file: a FIFO, socket, device or broken link"
+            elif _suffix(path) not in SUPPORTED:
+                reason = ("archive or compressed; only .jsonl.gz is read, unpack it first"
+                          if path.suffix.lower() in ARCHIVE_SUFFIXES else "not a type the loader reads")
+            elif not path.resolve().is_relative_to(real_root):
+                reason = f"a link leaving {_printable(str(root))}"
+            if reason:
+                skipped.setdefault(reason, []).append(_printable(rel))
+            else:
+                out.append(path)
         return out
 
     def load(self, source: str | Path) -> Iterator[Document]:
@@ -107,14 +131,48 @@ class FileLoader:
             exists = False
         if not exists:
             raise SourceNotFoundError(f"{_printable(str(source))}: no such file or folder")
-        if root.is_dir():
-            files = self._walk(root)
+        skipped: dict[str, list[str]] = {}
+        folder = root.is_dir()
+        if folder:
+            files = self._walk(root, skipped)
             base = root
+        elif not root.is_file():
+            raise DocumentLoadError(f"{_printable(str(source))}: not a regular file (a FIFO, socket or device); "
+                                    "copy its contents to a file first")
         else:
             files, base = [root], root.parent
         for path in files:
             rel = _printable(path.relative_to(base).as_posix())
+            if _suffix(path) == ".pdf" and path.stat().st_size == 0:
+                skipped.setdefault("an empty PDF, 0 bytes", []).append(rel)
+            elif not folder or self.strict:
+                yield from self._readable(path, rel)
+            else:  # read the whole file first: a file that fails half-way is skipped, not half indexed
+                try:
+                    docs = list(self._readable(path, rel))
+                except DocumentLoadError as e:
+                    skipped.setdefault(f"could not be loaded: {_printable(str(e))}", []).append(rel)
+                    continue
+                yield from docs
+        self._report(skipped)
+
+    def _report(self, skipped: dict[str, list[str]]) -> None:
+        """One warning line per reason, naming the files skipped for it."""
+        for reason, names in skipped.items():
+            if self.skipped is not None:
+                self.skipped.extend((name, reason) for name in names)
+            shown = ", ".join(names[:SUMMARY_NAMES]) + (f" and {len(names) - SUMMARY_NAMES} more" if len(names) > SUMMARY_NAMES else "")
+            if reason.startswith("could not be loaded: "):
+                log.warning("skipped %s, it %s", shown, reason)
+            else:
+                log.warning("skipped %d file%s (%s): %s", len(names), "" if len(names) == 1 else "s", reason, shown)
+
+    def _readable(self, path: Path, rel: str) -> Iterator[Document]:
+        """:meth:`_file`, with a file the OS will not let us read (permissions, I/O) as one error line."""
+        try:
             yield from self._file(path, rel)
+        except OSError as e:
+            raise DocumentLoadError(f"{_printable(str(path))}: cannot read it ({e.strerror or e})") from None
 
     def _file(self, path: Path, rel: str) -> Iterator[Document]:
         suffix = _suffix(path)
@@ -175,6 +233,9 @@ class FileLoader:
         return self._decode(data, path)
 
     def _decode(self, data: bytes, path: Path, where: str = "") -> str:
+        """``data`` as text; a UTF-8 byte-order mark at the start of a file is not text."""
+        if where in ("", ":1") and _is_utf8(self.encoding) and data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
         try:
             return data.decode(self.encoding)
         except UnicodeDecodeError as e:
@@ -222,16 +283,20 @@ class FileLoader:
         self._check_size(path)
         # The csv module's field limit is process-wide; only ever raise it, to this loader's bound.
         csv.field_size_limit(max(csv.field_size_limit(), limit))
-        with open(path, newline="", encoding=self.encoding) as f:
+        # utf-8-sig: a byte-order mark (Excel writes one) would otherwise rename the first column "\ufeffid".
+        encoding = "utf-8-sig" if _is_utf8(self.encoding) else self.encoding
+        with open(path, newline="", encoding=encoding) as f:
             reader = csv.reader(f)
             rowno = 1
             try:
                 header = next(reader, None)
                 if not header:
                     return
+                self._refuse_nul(header, name, rowno)
                 for rowno, row in enumerate(reader, start=2):
                     if not row:
                         continue
+                    self._refuse_nul(row, name, rowno)
                     if len(row) > len(header):
                         raise DocumentLoadError(f"{name}:{rowno}: {len(row)} fields but the header names {len(header)}; "
                                                 "quote fields that contain commas")
@@ -244,6 +309,12 @@ class FileLoader:
             except UnicodeDecodeError as e:
                 raise DocumentLoadError(f"{name}: not valid {self.encoding} near row {rowno} (byte {e.start}); "
                                         "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+
+    def _refuse_nul(self, row: Sequence[str], name: str, rowno: int) -> None:
+        """A CSV row holding NUL is refused, as a .txt file holding one is: it is not text."""
+        if any("\x00" in v for v in row):
+            raise DocumentLoadError(f"{name}:{rowno}: contains NUL bytes, so it is not {self.encoding} text "
+                                    "(a binary file? UTF-16? pass encoding=...)")
 
     def _record(self, record: Mapping[str, Any], where: str, fallback_id: str, *, csv_row: bool = False) -> Document:
         fields = self._text_fields(record, where)
@@ -304,6 +375,10 @@ def _printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
 
 
 def _suffix(path: Path) -> str:

@@ -4,6 +4,13 @@ A saved folder is complete only when its ``manifest.json`` exists: the manifest 
 last and lists the sha256 of every other file. Folders are written beside their target
 under a temporary name and swapped in with ``os.replace``, so a crash at any moment leaves
 either the old folder or the new one, never a mixture. No pickle is used anywhere.
+
+One writer at a time: :func:`folder_lock` holds a lock file beside the target
+(``.NAME.lock``, holding the writer's pid) for a whole load-update-save cycle, and
+:func:`save_folder_atomically` takes it too. The lock is an OS lock on the open file
+(``flock``), so a writer killed with ``kill -9`` leaves no stale lock: the next writer takes
+it over. A second writer fails at once with one :class:`~layered.errors.FolderBusyError`
+line naming the holder, or waits up to ``wait`` seconds.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from layered.errors import ArtifactError, IntegrityError
+from layered.errors import ArtifactError, FolderBusyError, IntegrityError
 
 MANIFEST = "manifest.json"
 
@@ -157,6 +167,115 @@ def _checked_listing(folder: Path, manifest: Any) -> dict[str, str]:
     return files
 
 
+#: How often a waiting writer tries the lock again (seconds).
+LOCK_POLL_S = 0.1
+
+# Locks this process holds: lock path -> [fd, depth, thread]; a thread may re-enter its own lock
+# (the CLI holds it around loading, updating and saving; save_folder_atomically takes it again).
+_held: dict[str, list[int]] = {}
+_held_guard = threading.Lock()
+
+
+def lock_path(target: str | os.PathLike[str]) -> Path:
+    """The lock file of the saved folder ``target``: ``.NAME.lock`` beside it."""
+    target = Path(target).expanduser().resolve()
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def folder_lock(target: str | os.PathLike[str], *, wait: float = 0.0) -> Iterator[Path]:
+    """Hold the write lock of the saved folder ``target`` (re-entrant within a thread).
+
+    When another process (or thread) holds it, wait up to ``wait`` seconds, then raise
+    :class:`~layered.errors.FolderBusyError` naming the holder's pid. The lock dies with its
+    holder (an OS lock on the open file), so a writer killed with ``kill -9`` leaves nothing
+    to clean up; the lock file is removed when released.
+    """
+    path = lock_path(target)
+    key, me = str(path), threading.get_ident()
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is not None and entry[2] == me:
+            entry[1] += 1
+    if entry is not None and entry[2] == me:
+        try:
+            yield path
+        finally:
+            with _held_guard:
+                entry[1] -= 1
+        return
+    fd = _acquire(path, Path(target), wait)
+    with _held_guard:
+        _held[key] = [fd, 1, me]
+    try:
+        yield path
+    finally:
+        with _held_guard:
+            del _held[key]
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: a waiter that opened this file sees it gone and opens anew
+        os.close(fd)
+
+
+def _acquire(path: Path, target: Path, wait: float) -> int:
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            raise ArtifactError(f"cannot create the lock file {path} ({e.strerror or e}); choose a folder you can write") from None
+        try:
+            if _try_lock(fd, path):
+                try:
+                    current = os.path.samestat(os.fstat(fd), os.stat(path))
+                except FileNotFoundError:
+                    current = False
+                if current:  # else the last holder removed the file before we locked it: open it again
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+                    return fd
+                os.close(fd)
+                continue
+            holder = _holder(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {wait:g}s" if wait > 0 else ""
+            raise FolderBusyError(f"{target} is being written by another process ({holder}){waited}; "
+                                  "let it finish (layered index --wait SECONDS waits for it)")
+        time.sleep(LOCK_POLL_S)
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    """Take the OS lock on ``fd`` without blocking; False when someone else holds it."""
+    try:
+        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (BlockingIOError, PermissionError):
+        return False
+    except OSError as e:
+        raise ArtifactError(f"cannot lock {path} ({e.strerror or e}); this file system may not support locks") from None
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock, from its file: ``pid N since TIME`` (or ``pid unknown``)."""
+    try:
+        pid, since = (path.read_text(encoding="utf-8", errors="replace").splitlines() + ["", ""])[:2]
+    except OSError:
+        return "pid unknown"
+    return f"pid {pid}, since {since}" if pid.strip().isdigit() else "pid unknown"
+
+
 def recover_interrupted_swap(target: str | os.PathLike[str]) -> None:
     """Finish a swap that a crash interrupted: put the old folder back when ``target`` is missing.
 
@@ -168,10 +287,15 @@ def recover_interrupted_swap(target: str | os.PathLike[str]) -> None:
     # renamed aside; put it back so the previous complete state is what loads.
     if target.exists():
         return
-    for old in sorted(target.parent.glob(f".{target.name}.*.old")):
-        if (old / MANIFEST).is_file():
-            os.replace(old, target)
-            return
+    olds = [old for old in sorted(target.parent.glob(f".{target.name}.*.old")) if (old / MANIFEST).is_file()]
+    if not olds:
+        return
+    try:
+        with folder_lock(target):  # a writer holding it is mid-swap, not crashed: leave its folders alone
+            if not target.exists() and olds[0].is_dir():
+                os.replace(olds[0], target)
+    except ArtifactError:
+        return
 
 
 def check_replaceable(target: str | os.PathLike[str]) -> None:
@@ -188,18 +312,25 @@ def save_folder_atomically(
     write: Callable[[Path], None],
     *,
     manifest_extra: Mapping[str, Any] | None = None,
+    lock_wait: float = 0.0,
 ) -> Path:
     """Build a folder with ``write(tmp_folder)``, add a manifest, then swap it in for ``target``.
 
     If ``write`` raises, ``target`` is left untouched; a ``target`` folder that this library
     did not save is never replaced (:func:`check_replaceable`). The swap renames the old folder aside,
-    renames the new one into place and only then deletes the old one. One writer per target
-    is assumed: temp folders left by a writer that was killed are removed here.
+    renames the new one into place and only then deletes the old one. It holds the target's
+    :func:`folder_lock` (waiting up to ``lock_wait`` seconds for another writer), so temp
+    folders left beside it can only be a killed writer's and are removed here.
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} exists and is not a folder; choose another path")
+    with folder_lock(target, wait=lock_wait):
+        return _save_locked(target, write, manifest_extra)
+
+
+def _save_locked(target: Path, write: Callable[[Path], None], manifest_extra: Mapping[str, Any] | None) -> Path:
     recover_interrupted_swap(target)  # after this, any old copy left beside target is redundant
     check_replaceable(target)
     for pattern in (f".{target.name}.*.partial", f".{target.name}.*.old"):

@@ -100,10 +100,17 @@ def _print_answer(answer: layered.Answer) -> None:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from layered.retrieval.loaders import LoadLimits
+    from layered.artifacts import folder_lock
 
     t = time.perf_counter()
     _check_out(args.out)
+    with folder_lock(args.out, wait=args.wait):  # one writer per DIR, from reading it to saving it
+        return _index_locked(args, t)
+
+
+def _index_locked(args: argparse.Namespace, t: float) -> int:
+    from layered.retrieval.loaders import LoadLimits
+
     embed = None
     if args.workers or args.ray:  # embedding on Ray Data; loading, dedup and the store stay here
         from layered.retrieval.distributed import RayEmbedding
@@ -111,6 +118,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         embed = RayEmbedding.beside(args.out, workers=args.workers, address=args.ray)
     loader: dict[str, Any] = {k: v for k, v in (("text_fields", args.text_fields), ("id_field", args.id_field)) if v}
     loader["limits"] = LoadLimits(max_file_bytes=int(args.max_file_mb * 2**20), max_document_bytes=int(args.max_document_mb * 2**20))
+    loader["strict"] = args.strict
     with embed.resumable() if embed is not None else contextlib.nullcontext():
         pipe = _index_into(args, loader, embed)
         path = pipe.save(args.out)

@@ -64,6 +64,11 @@ def _index(sub: Commands) -> None:
     ix.add_argument("--max-file-mb", type=float, default=512, help="refuse a file larger than this after decompression (default 512)")
     ix.add_argument("--max-document-mb", type=float, default=16,
                     help="refuse one document (a JSONL line, CSV row, text file, PDF page) larger than this (default 16)")
+    ix.add_argument("--strict", action="store_true",
+                    help="stop at the first file of a folder that cannot be loaded (default: skip it, and list what was "
+                         "skipped and why on stderr)")
+    ix.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="when another process is writing DIR, wait up to this long for it (default 0: fail at once)")
     _add_trust_options(ix)
 
 

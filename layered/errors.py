@@ -58,6 +58,10 @@ class ArtifactError(LayeredError, OSError):
     """A saved artifact is missing, incomplete or does not match its manifest."""
 
 
+class FolderBusyError(ArtifactError):
+    """Another process is writing the same saved folder (it holds the folder's lock)."""
+
+
 class IntegrityError(ArtifactError):
     """A saved file's sha256 does not match the manifest: it was changed after saving."""
 

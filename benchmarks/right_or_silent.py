@@ -52,13 +52,23 @@ def run(args: argparse.Namespace) -> None:
     from layered.pipelines import cache_folder
 
     pipe, tune, test, path, adapter, variables, dev_path = prepare(args.task)
-    test = test[: args.limit or None]
+    if args.sample:  # the first N answerable, N/2 removed-topic and N/4 off-topic (or out-of-scope) questions, in order
+        n = args.sample
+        answerable = [e for e in test if e.metadata["answerable"]][:n]
+        others = [e for e in test if not e.metadata["answerable"]]
+        kinds = {str(e.metadata.get("rule", e.metadata.get("kind"))) for e in others}
+        test = answerable + [e for kind in sorted(kinds) for e in [o for o in others if o.metadata.get("rule", o.metadata.get("kind")) == kind]
+                             [: n // 2 if kind == "removed-topic" else n // 4]]
     out = ROOT / "benchmarks" / "results" / f"right-or-silent-{args.task}"
     out.mkdir(parents=True, exist_ok=True)
     if args.fit:
-        cal = calibrate(lambda q: pipe.retrieve(q), tune, max_answered_unanswerable=args.max_unanswered,
+        # The shipped adapters were trained on the retriever's passages in its order: the decision gates
+        # (answer or decline) and leaves the prompt as it was (reorder=False, keep=0), so they serve what they learnt.
+        cal = calibrate(lambda q: pipe.retrieve(q), tune, embed=pipe.retriever.embedder.embed, max_answered_unanswerable=args.max_unanswered,
+                        reorder=False, keep=0.0,
                         report={"dev_set": dev_path.name, "dev_sha256": sha256_file(dev_path), "split": "tune", "k": pipe.k,
-                                "recipe": f"layered.answerability.calibrate(pipe.retrieve, tune, max_answered_unanswerable={args.max_unanswered})"})
+                                "recipe": "layered.answerability.calibrate(pipe.retrieve, tune, embed=pipe.retriever.embedder.embed, "
+                                f"max_answered_unanswerable={args.max_unanswered}, reorder=False, keep=0.0)"})
         atomic_write_json(path, {**cal.answerability.to_dict(), "rows": cal.rows})
         atomic_write_json(out / "sweep.json", cal.sweep)
         logging.info("fitted %s", json.dumps(cal.answerability.to_dict()["report"]))
@@ -66,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
         return
     decision = Answerability.from_file(path)
     pipe = pipe.replace(abstain=decision).serve_with("llamacpp", adapter_dir=cache_folder(args.task).with_name(f"demo-{args.task}.lora"))
-    strategies = ("rag", "rag+adapter", "rag+abstain", "rag+adapter+abstain")
+    strategies = tuple(args.strategies.split(","))
     results = compare(pipe, test, adapter=adapter, strategies=strategies, variables=variables, progress=True)
     table = markdown_table(results)
     print(table)
@@ -81,7 +91,9 @@ def main() -> int:
     parser.add_argument("task", choices=["medical", "support"])
     parser.add_argument("--fit", action="store_true", help="refit the answerability decision on the tune split")
     parser.add_argument("--fit-only", action="store_true", help="with --fit: stop after fitting (no comparison)")
-    parser.add_argument("--limit", type=int, default=0, help="answer only the first N test questions (0: all)")
+    parser.add_argument("--sample", type=int, default=0, help="answer only the first N answerable test questions, N/2 removed-topic "
+                        "and N/4 off-topic ones (0: all)")
+    parser.add_argument("--strategies", default="rag,rag+adapter,rag+adapter+abstain", help="comma-separated rows to compare")
     parser.add_argument("--max-unanswered", type=float, default=0.1, help="largest share of unanswerable tune questions answered")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

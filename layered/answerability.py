@@ -7,7 +7,7 @@ wrong question. :class:`Answerability` scores every passage shown for the questi
 pipeline (``Pipeline(abstain=...)``) answers only when the best passage clears the threshold;
 otherwise it declines and names what its sources do cover (:func:`refusal_naming`).
 
-Per passage, three signals, each in 0..1 and cheap (no model call beyond retrieval):
+Per passage, four signals, each in 0..1 and cheap (one embedder call beyond retrieval):
 
 * ``retrieval``: the retriever's own score for the passage (cosine for dense retrieval);
 * ``coverage``: the share of the question's content words found in the passage, each word
@@ -15,7 +15,10 @@ Per passage, three signals, each in 0..1 and cheap (no model call beyond retriev
   dense MiniLM score glosses over), with one-edit misspellings matching;
 * ``subject``: the share of the passage's subject words (:func:`subject_of`: its ``subject``,
   ``focus``, ``subflow`` or ``title`` metadata, else its first line) that the question names,
-  with the same fuzzy match.
+  with the same fuzzy match;
+* ``heading``: the cosine similarity of the question and the passage's first line (a MedQuAD
+  page's own question, a manual's heading) in the retriever's embedding space: it tells "what are
+  the signs of X" from the page on X's treatment, which the word signals cannot.
 
 They are combined by a logistic model, ``p = sigmoid(w . signals + b)``, fitted by
 :func:`fit_answerability` on labelled (question, passage) pairs: a passage is positive when it
@@ -38,7 +41,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from layered.errors import ConfigError
 from layered.types import Hit
 
-SIGNALS = ("retrieval", "coverage", "subject")
+SIGNALS = ("retrieval", "coverage", "subject", "heading")
 _WORD = re.compile(r"[a-z0-9]+")
 #: Words too common in questions to say what is asked (beyond grounding's stop words).
 _STOP = frozenset(
@@ -97,8 +100,25 @@ def subject_of(hit: Hit) -> str:
     return first[:120]
 
 
-def signals(question: str, hit: Hit) -> dict[str, float]:
-    """The three signals of ``hit`` for ``question`` (see module docstring), each in 0..1."""
+def first_line(hit: Hit) -> str:
+    """The passage's first non-empty line (its heading, or a MedQuAD page's question)."""
+    return next((line.strip() for line in hit.chunk.text.splitlines() if line.strip()), "")[:200]
+
+
+def headings(question: str, hits: Sequence[Hit], embed: Any) -> list[float]:
+    """The ``heading`` signal of each hit: cosine of ``question`` and :func:`first_line` under ``embed(texts) -> vectors``."""
+    import numpy as np
+
+    if not hits:
+        return []
+    vectors = np.asarray(embed([question, *(first_line(h) for h in hits)]), dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return [max(0.0, min(1.0, float(v @ vectors[0]))) for v in vectors[1:]]
+
+
+def signals(question: str, hit: Hit, *, heading: float = 0.0) -> dict[str, float]:
+    """The signals of ``hit`` for ``question`` (see module docstring), each in 0..1; ``heading`` is computed
+    for all hits at once by :func:`headings` and passed in."""
     asked = list(dict.fromkeys(_words(question)))
     passage = set(_words(hit.chunk.indexed_text))
     total = sum(_weight(w) for w in asked)
@@ -106,7 +126,7 @@ def signals(question: str, hit: Hit) -> dict[str, float]:
     subject = list(dict.fromkeys(_words(subject_of(hit))))
     asked_set = set(asked)
     subject_share = sum(_found(w, asked_set) for w in subject) / len(subject) if subject else 0.0
-    return {"retrieval": max(0.0, min(1.0, float(hit.score))), "coverage": coverage, "subject": subject_share}
+    return {"retrieval": max(0.0, min(1.0, float(hit.score))), "coverage": coverage, "subject": subject_share, "heading": heading}
 
 
 @dataclass(frozen=True)
@@ -155,9 +175,18 @@ class Answerability:
         z = self.bias + sum(self.weights[s] * features[s] for s in SIGNALS)
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
-    def decide(self, question: str, hits: Sequence[Hit]) -> Decision:
-        """Score every hit for ``question``; answerable when the best reaches :attr:`threshold`."""
-        feats = tuple(signals(question, h) for h in hits)
+    @property
+    def needs_embedder(self) -> bool:
+        """The decision weighs the ``heading`` signal, which needs the retriever's embedder."""
+        return self.weights["heading"] != 0.0
+
+    def decide(self, question: str, hits: Sequence[Hit], *, embed: Any = None) -> Decision:
+        """Score every hit for ``question``; answerable when the best reaches :attr:`threshold`.
+        ``embed`` (``texts -> vectors``, the retriever's embedder) is needed when :attr:`needs_embedder`."""
+        if self.needs_embedder and embed is None and hits:
+            raise ConfigError("this answerability decision weighs passage headings and needs the retriever's embedder (embed=...)")
+        near = headings(question, hits, embed) if embed is not None and self.needs_embedder else [0.0] * len(hits)
+        feats = tuple(signals(question, h, heading=x) for h, x in zip(hits, near))
         scores = tuple(self.probability(f) for f in feats)
         ranked = sorted(range(len(hits)), key=lambda i: -scores[i]) if self.reorder else list(range(len(hits)))
         best = max(scores, default=0.0)
@@ -264,26 +293,29 @@ def _question_outcomes(model: Answerability, groups: Sequence[tuple[bool, list[t
 
 
 def calibrate(
-    retrieve: Any, examples: Sequence[Any], *, max_answered_unanswerable: float = 0.1, report: Mapping[str, Any] | None = None,
+    retrieve: Any, examples: Sequence[Any], *, embed: Any, max_answered_unanswerable: float = 0.1, report: Mapping[str, Any] | None = None,
+    reorder: bool = True, keep: float | None = None,
 ) -> Calibration:
     """Fit an :class:`Answerability` on judged ``examples`` (``metadata["answerable"]`` and the relevant
     ``metadata["doc_ids"]``), retrieving each question's passages with ``retrieve(question) -> hits``
-    (what the pipeline would show: e.g. ``pipe.retrieve``); see :func:`calibrate_rows`.
+    (what the pipeline would show: e.g. ``pipe.retrieve``) and ``embed`` the retriever's embedder
+    (``texts -> vectors``, for the ``heading`` signal); see :func:`calibrate_rows`.
     """
     rows: list[dict[str, Any]] = []
     for e in examples:
         relevant = set(e.metadata.get("doc_ids") or ())
-        for hit in retrieve(e.question) or [None]:
-            if hit is None:  # nothing retrieved: the question still counts (it cannot be answered)
-                rows.append({"question": e.question, "answerable": bool(e.metadata["answerable"]), "chunk_id": None})
-                continue
+        hits = retrieve(e.question)
+        if not hits:  # nothing retrieved: the question still counts (it cannot be answered)
+            rows.append({"question": e.question, "answerable": bool(e.metadata["answerable"]), "chunk_id": None})
+        for hit, near in zip(hits, headings(e.question, hits, embed)):
             rows.append({"question": e.question, "answerable": bool(e.metadata["answerable"]), "chunk_id": hit.chunk.id,
-                         "doc_id": hit.chunk.doc_id, **signals(e.question, hit), "label": hit.chunk.doc_id in relevant})
-    return calibrate_rows(rows, max_answered_unanswerable=max_answered_unanswerable, report=report)
+                         "doc_id": hit.chunk.doc_id, **signals(e.question, hit, heading=near), "label": hit.chunk.doc_id in relevant})
+    return calibrate_rows(rows, max_answered_unanswerable=max_answered_unanswerable, report=report, reorder=reorder, keep=keep)
 
 
 def calibrate_rows(
     rows: Sequence[Mapping[str, Any]], *, max_answered_unanswerable: float = 0.1, report: Mapping[str, Any] | None = None,
+    reorder: bool = True, keep: float | None = None,
 ) -> Calibration:
     """Fit an :class:`Answerability` on labelled rows (one per question and passage shown: ``question``,
     ``answerable``, the :data:`SIGNALS`, and ``label``: the passage's document answers it; a row with
@@ -292,7 +324,8 @@ def calibrate_rows(
 
     The threshold is the one that answers the most answerable questions from a relevant passage while
     answering at most ``max_answered_unanswerable`` of the unanswerable ones (ties: the higher
-    threshold). Tune on a split you never report on.
+    threshold). Tune on a split you never report on. ``reorder`` and ``keep`` are stored in the decision
+    as given (a pipeline whose adapter was trained on the retriever's order keeps it: ``reorder=False, keep=0``).
     """
     groups: dict[str, tuple[bool, list[tuple[Mapping[str, float], bool]]]] = {}
     for row in rows:
@@ -304,7 +337,7 @@ def calibrate_rows(
     sweep = [_question_outcomes(model, list(groups.values()), t / 100) for t in range(1, 100)]
     allowed = [s for s in sweep if s["answered_unanswerable"] <= max_answered_unanswerable] or sweep[-1:]
     best = max(allowed, key=lambda s: (s["answered_right"], s["threshold"]))
-    fitted = Answerability(weights=weights, bias=bias, threshold=best["threshold"],
+    fitted = Answerability(weights=weights, bias=bias, threshold=best["threshold"], reorder=reorder, keep=keep,
                            report={**dict(report or {}), "questions": len(groups), "passages": sum(len(p) for _, p in groups.values()),
                                    "max_answered_unanswerable": max_answered_unanswerable, "on_tuning_questions": best})
     return Calibration(answerability=fitted, rows=[dict(r) for r in rows], sweep=sweep)

@@ -89,6 +89,9 @@ def _print_answer(answer: layered.Answer) -> None:
             print(f" {mark}[{s.number}] {s.chunk_id}  {s.source}  (score {s.score:.3f})")
         how = "cited by the model" if answer.metadata.get("citation_mode") == "model" else "supported by overlap"
         print(f" (* = {how})")
+    decided = answer.metadata.get("answerability")
+    if answer.metadata.get("refused") and decided:
+        print(f" (declined: no passage answers it; the best scored {decided['score']:.2f}, the threshold is {decided['threshold']:.2f})")
     grounding = answer.metadata.get("grounding")
     if grounding and grounding["fallback"]:
         print(" (nothing the model wrote was in the passages: quoting the best passage instead)")

@@ -161,7 +161,9 @@ class Pipeline:
         if exclude:
             gone = set(exclude)
             hits = [h for h in hits if h.chunk.doc_id not in gone][:n]
-        decision = self.abstain.decide(query, hits) if self.abstain is not None and self.retriever is not None and n else None
+        embedder = self._embedder()
+        decision = (self.abstain.decide(query, hits, embed=None if embedder is None else embedder.embed)
+                    if self.abstain is not None and self.retriever is not None and n else None)
         if decision is not None and decision.answerable:
             hits = [hits[i] for i in decision.order]
         return hits, decision

@@ -54,6 +54,7 @@ DEMO_QUESTIONS = (
     "What are the treatments for Graves disease?",
     "What are the symptoms of shingles?",
     "How can I lower my high blood pressure?",
+    "Can the birth control pill Ocella cause DVT?",  # no MedQuAD page answers it: declined
 )
 #: Topics of the demo questions: never in the adapter's training data, so the demo shows what
 #: the adapter learned, not what it memorised.

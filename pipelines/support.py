@@ -55,6 +55,7 @@ DEMO_QUESTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("What is the warranty on the TrailMaster X4 Tent?", {}),
     ("I want to cancel my order {{Order Number}}, how do I do it?", {"Order Number": "4417"}),
     ("How do I get a refund for a damaged backpack?", {}),
+    ("What is the warranty on the Contoso Electric Bike?", {}),  # not a product the shop sells: declined
 )
 
 _SLOT = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
@@ -181,12 +182,13 @@ def with_adapter(pipe: Pipeline) -> Pipeline:
 def ask(pipe: Pipeline, question: str, **slots: Any) -> Answer:
     """Answer with the routed adapter and scope; ``slots`` fill ``{{...}}`` in the answer.
 
-    Product answers (base model, manuals) keep only sentences the manuals support, quoting the
-    best passage when none is left; policy answers are the adapter's procedure in the shop's
-    tone, so their unsupported sentences are reported, not dropped.
+    Every answer keeps only the sentences its passages (manuals or guideline procedures) support,
+    quoting the best passage, cited, when none is left: the policy adapter's Bitext phrasing is not
+    the shop's procedure, so it is not shown on its own. A question no passage answers (the shop's
+    answerability decision) is declined, naming what was found. No ``{{slot}}`` reaches the customer:
+    ``slots`` fill them, then :data:`SHOP`, then :func:`no_placeholders` words the rest.
     """
-    grounding = "drop" if pipe.route(question) in (None, "base") else "mark"
-    answer = pipe.replace(grounding=grounding).ask(question)
+    answer = pipe.replace(grounding="drop").ask(question)
     return dataclasses.replace(answer, text=no_placeholders(fill_slots(answer.text, slots)))
 
 

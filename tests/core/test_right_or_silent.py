@@ -84,22 +84,27 @@ def test_answerability_prefers_the_passage_that_names_what_is_asked_and_declines
     assert set(on) == set(SIGNALS) and on["coverage"] > off["coverage"] and on["subject"] > off["subject"]
     misspelt = focus.lower().replace(focus.lower()[2:4], focus.lower()[3] + focus.lower()[2], 1)
     assert signals(f"what is {misspelt}", CONTEXT[1])["subject"] > 0  # one edit still names the subject
-    model = Answerability(weights={"retrieval": 1.0, "coverage": 4.0, "subject": 4.0}, bias=-4.0, threshold=0.5)
+    model = Answerability(weights={"retrieval": 1.0, "coverage": 4.0, "subject": 4.0, "heading": 0.0}, bias=-4.0, threshold=0.5)
     yes = model.decide(f"what is {focus.lower()}", list(CONTEXT))
     assert yes.answerable and yes.order[0] == 1  # the passage about it is put first
     no = model.decide("What is the capital of Australia?", list(CONTEXT))
     assert not no.answerable and no.score < 0.5
+    heading = Answerability(weights={**model.weights, "heading": 2.0}, bias=-4.0)
+    with pytest.raises(ConfigError, match="needs the retriever's embedder"):
+        heading.decide("what is it", list(CONTEXT))
+    near = heading.decide(ROWS[1]["question"], list(CONTEXT), embed=HashingEmbedder(256).embed)
+    assert near.signals[1]["heading"] > 0.99  # the page's own question is its first line
 
 
 def test_fitting_is_deterministic_and_configs_are_checked(tmp_path):
-    rows = [({"retrieval": r, "coverage": c, "subject": s}, y) for r, c, s, y in
+    rows = [({"retrieval": r, "coverage": c, "subject": s, "heading": r}, y) for r, c, s, y in
             [(0.6, 0.9, 1.0, True), (0.5, 0.8, 0.5, True), (0.3, 0.2, 0.0, False), (0.4, 0.3, 0.0, False), (0.5, 0.6, 0.0, False),
              (0.45, 0.7, 1.0, True)]]
     assert fit_answerability(rows) == fit_answerability(list(rows))
     weights, bias = fit_answerability(rows)
     model = Answerability(weights=weights, bias=bias, threshold=0.4)
     assert Answerability.from_dict(json.loads(json.dumps(model.to_dict()))) == model
-    with pytest.raises(ConfigError, match="exactly retrieval, coverage, subject"):
+    with pytest.raises(ConfigError, match="exactly retrieval, coverage, subject, heading"):
         Answerability(weights={"retrieval": 1.0}, bias=0.0)
     with pytest.raises(ConfigError, match="probability"):
         Answerability(weights=weights, bias=bias, threshold=3)
@@ -115,7 +120,7 @@ def test_calibrate_picks_the_threshold_on_tuning_questions_within_the_allowed_an
                 for r in ROWS[:3]]
     examples += [Example(question=q, answer="", metadata={"answerable": False, "doc_ids": []})
                  for q in ("capital of australia", "how do i bake bread", "best laptop for programming")]
-    cal = calibrate(_judged_hits, examples, max_answered_unanswerable=0.0, report={"data": "unit"})
+    cal = calibrate(_judged_hits, examples, embed=HashingEmbedder(64).embed, max_answered_unanswerable=0.0, report={"data": "unit"})
     chosen = cal.answerability.report["on_tuning_questions"]
     assert chosen["answered_unanswerable"] == 0.0 and chosen["answered_right"] == 1.0
     assert len(cal.rows) == 18 and cal.answerability.report["data"] == "unit"
@@ -127,7 +132,7 @@ def _pipe(generator, docs, **kw):
     return Pipeline(generator=generator, retriever=retriever, **kw)
 
 
-STRICT = Answerability(weights={"retrieval": 0.0, "coverage": 6.0, "subject": 6.0}, bias=-7.0, threshold=0.5)
+STRICT = Answerability(weights={"retrieval": 0.0, "coverage": 6.0, "subject": 6.0, "heading": 0.0}, bias=-7.0, threshold=0.5)
 
 
 def test_a_pipeline_declines_what_no_passage_answers_names_what_it_found_and_keeps_its_decision(tiny_generator, docs, tmp_path):

@@ -19,6 +19,7 @@ from layered.pipelines.shipped import ShippedAdapter
 
 pytestmark = pytest.mark.slow
 QUESTION = "What are the treatments for Graves disease?"
+UNANSWERABLE = "Can the birth control pill Ocella cause DVT?"
 #: Relative tolerance on the recorded per-step training losses: the same CPU kind repeats
 #: them to ~1e-6; bf16 autocast on another CPU can round differently.
 LOSS_RTOL = 0.02
@@ -60,11 +61,17 @@ def test_demo_medical_indexes_all_of_medquad_once_then_answers_with_its_adapter(
     assert (cache / "manifest.json").stat().st_mtime_ns == manifest_mtime
     assert second.stdout == first.stdout  # greedy decoding: same answer, same sources
 
+    # Right or silent: a question no MedQuAD page answers is declined, naming what was found.
+    declined = _layered("demo", "medical", "--cache-dir", str(cache), "--question", UNANSWERABLE)
+    assert declined.returncode == 0, declined.stderr
+    assert "I could not find this in the medical sources" in declined.stdout and "(declined: no passage answers it" in declined.stdout
+    assert "closest passages I found are about" in declined.stdout
+
 
 def test_demo_support_routes_with_its_shipped_adapter_without_training(caches):
     cache = caches["support"]
     args = ("demo", "support", "--cache-dir", str(cache), "--question", "How do I cancel my order?",
-            "--question", "What is the warranty on the TrailMaster X4 Tent?")
+            "--question", "What is the warranty on the TrailMaster X4 Tent?", "--question", "What is the warranty on the Contoso Electric Bike?")
     first = _layered(*args)
     assert first.returncode == 0, first.stderr
     assert "training" not in first.stderr.lower() and "adapters: policy" in first.stderr
@@ -72,6 +79,9 @@ def test_demo_support_routes_with_its_shipped_adapter_without_training(caches):
     sources = _sources(first.stdout)
     # Routed scopes: the cancel question searches the ABCD guidelines, the tent one the manuals.
     assert any(s[1].startswith("abcd/") for s in sources) and any("abcd/" not in s[1] for s in sources)
+    assert "{{" not in first.stdout and "<passage" not in first.stdout  # no template slot or prompt tag reaches a customer
+    bike = first.stdout.split("Q: What is the warranty on the Contoso Electric Bike?", 1)[1]
+    assert "(declined: no passage answers it" in bike  # a product the shop does not sell
     second = _layered(*args)
     assert second.returncode == 0, second.stderr
     assert "reusing the saved index" in second.stderr and second.stdout == first.stdout

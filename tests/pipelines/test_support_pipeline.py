@@ -20,10 +20,14 @@ def test_bundled_knowledge_loads_with_scopes():
     assert "Pull up Account" in refund.text and refund.text.splitlines()[1].startswith("1. ")
 
 
-def test_slots_are_filled_from_request_values_and_unknown_ones_stay():
-    text = "Your order {{Order Number}} ships to {{ Delivery City }}; call {{Customer Support Phone Number}}."
-    assert support.fill_slots(text, {"Order Number": "4417", "Delivery City": "Oslo"}) == \
-        "Your order 4417 ships to Oslo; call {{Customer Support Phone Number}}."
+def test_slots_are_filled_from_request_values_then_the_shop_and_no_slot_reaches_a_customer():
+    text = "Your order {{Order Number}} ships to {{ Delivery City }}; call {{Customer Support Phone Number}} on {{Website Name}}."
+    assert support.fill_slots(text, {"Order Number": "4417", "Delivery City": "Oslo"}, shop={}) == \
+        "Your order 4417 ships to Oslo; call {{Customer Support Phone Number}} on {{Website Name}}."
+    filled = support.fill_slots(text, {"Order Number": "4417"})
+    assert "our customer support line" in filled and "the Contoso Outdoors website" in filled and "{{ Delivery City }}" in filled
+    assert support.no_placeholders(filled) == ("Your order 4417 ships to your delivery city; call our customer support line on "
+                                               "the Contoso Outdoors website.")
 
 
 def test_the_route_picks_the_search_scope_inside_the_query(tiny_generator, tmp_path):

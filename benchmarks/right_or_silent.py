@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=0, help="answer only the first N answerable test questions, N/2 removed-topic "
                         "and N/4 off-topic ones (0: all)")
     parser.add_argument("--strategies", default="rag,rag+adapter,rag+adapter+abstain", help="comma-separated rows to compare")
-    parser.add_argument("--max-unanswered", type=float, default=0.1, help="largest share of unanswerable tune questions answered")
+    parser.add_argument("--max-unanswered", type=float, default=0.15, help="largest share of unanswerable tune questions answered")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     run(args)

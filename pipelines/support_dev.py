@@ -23,9 +23,11 @@ from layered.types import Example
 DEV_PATH = Path(__file__).resolve().parent / "data" / "dev" / "support_dev.jsonl"
 
 PROCEDURE_QUESTIONS = {
-    "Initiate Refund": "the stove i got is broken, i want my money back", "Update Refund": "can i change the refund on my return to store credit instead",
+    "Initiate Refund": "the stove i got is broken, i want my money back",
+    "Update Refund": "can i change the refund on my return to store credit instead",
     "Refund Status": "where is my refund? i returned the item two weeks ago", "Return Due to Stain": "the shirt came with a stain on it, how do i return it",
-    "Return Due to Color": "the jacket color is not what i ordered, can i send it back", "Return Due to Size": "these boots are too small, how do i return them",
+    "Return Due to Color": "the jacket color is not what i ordered, can i send it back",
+    "Return Due to Size": "these boots are too small, how do i return them",
     "Status Mystery Fee": "there is a fee on my bill i dont recognise", "Status Delivery Time": "when will my order arrive",
     "Status Payment Method": "which card did i pay with for my last order", "Status Quantity": "i ordered 3 but only got charged for 2, is that right",
     "Manage Upgrade": "can i upgrade my shipping to express on my order", "Manage Downgrade": "i want to downgrade my order to the cheaper version",
@@ -39,7 +41,8 @@ PROCEDURE_QUESTIONS = {
     "Manage Change Name": "how do i change the name on my account", "Manage Change Phone": "i got a new phone number, please update it",
     "Manage Payment Method": "i want to change the card on file", "Bad Price Competitor": "another store sells this cheaper, can you match the price",
     "Bad Price Yesterday": "i bought it yesterday and today its on sale, can i get the difference",
-    "Out-of-Stock General": "everything i want is out of stock, when will you restock", "Out-of-Stock One Item": "the item i want is out of stock, when is it back",
+    "Out-of-Stock General": "everything i want is out of stock, when will you restock",
+    "Out-of-Stock One Item": "the item i want is out of stock, when is it back",
     "Promo Code Invalid": "my promo code doesnt work", "Promo Code Out of Date": "my coupon expired yesterday, can i still use it",
     "Mistimed Billing Already Returned": "i was billed for something i already returned",
     "Mistimed Billing Never Bought": "i was charged for something i never bought", "Shipping Status": "has my package shipped yet",

@@ -195,6 +195,12 @@ class Answerability:
         return Decision(answerable=bool(hits) and best >= self.threshold, score=best, threshold=self.threshold, order=order,
                         scores=scores, signals=feats)
 
+    def apply(self, question: str, hits: Sequence[Hit], embedder: Any = None) -> tuple[list[Hit], Decision]:
+        """``(hits for the prompt, decision)``: when answerable, the hits in :attr:`Decision.order` (best first with
+        :attr:`reorder`, none below :attr:`keep`); else as given. ``embedder``: the retriever's (its ``embed``)."""
+        decision = self.decide(question, hits, embed=None if embedder is None else embedder.embed)
+        return ([hits[i] for i in decision.order] if decision.answerable else list(hits)), decision
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "weights": dict(self.weights), "report": dict(self.report)}
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, cast
 
-from layered.answerability import Decision, refusal_naming
+from layered.answerability import Answerability, Decision, refusal_naming
 from layered.errors import ConfigError, InputError
 from layered.prompts.conversation import QUERY_METHODS
 from layered.prompts.grounding import (
@@ -80,8 +80,10 @@ class Turn:
         return {**self.adapter, **self.length}
 
 
-def check_settings(*, k: int, grounding: str, history_query: str) -> None:
+def check_settings(*, k: int, grounding: str, history_query: str, abstain: Any = None) -> None:
     """A pipeline's answering settings, or one :class:`ConfigError` line."""
+    if abstain is not None and not isinstance(abstain, Answerability):
+        raise ConfigError(f"abstain must be an Answerability (layered.answerability), got {type(abstain).__name__}")
     if history_query not in QUERY_METHODS:
         raise ConfigError(f"history_query must be one of {', '.join(QUERY_METHODS)}, not {history_query!r}")
     if grounding not in GROUNDING:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import layered
+from layered.cli_output import print_answer
 from layered.cli_parser import parser, prompt_variables
 from layered.errors import LayeredError
 
@@ -77,29 +78,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         import warnings
 
         warnings.filterwarnings("ignore")
-
-
-def _print_answer(answer: layered.Answer) -> None:
-    print(answer.text)
-    cited = {c.number for c in answer.citations}
-    if answer.sources:
-        print("Sources:")
-        for s in answer.sources:
-            mark = "*" if s.number in cited else " "
-            print(f" {mark}[{s.number}] {s.chunk_id}  {s.source}  (score {s.score:.3f})")
-        how = "cited by the model" if answer.metadata.get("citation_mode") == "model" else "supported by overlap"
-        print(f" (* = {how})")
-    decided = answer.metadata.get("answerability")
-    if answer.metadata.get("refused") and decided:
-        print(f" (declined: no passage answers it; the best scored {decided['score']:.2f}, the threshold is {decided['threshold']:.2f})")
-    grounding = answer.metadata.get("grounding")
-    if grounding and grounding["fallback"]:
-        print(" (nothing the model wrote was in the passages: quoting the best passage instead)")
-    elif grounding and grounding["unsupported"] and grounding["mode"] == "drop":
-        for sentence in grounding["unsupported"]:
-            print(f" (dropped, not in the passages: {sentence})")
-    elif grounding and grounding["unsupported"]:
-        print(f" ({len(grounding['unsupported'])} of {grounding['sentences']} sentences are not in the passages shown)")
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -171,7 +149,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
     else:
-        _print_answer(answer)
+        print_answer(answer)
     return 0
 
 
@@ -183,11 +161,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     for i, (question, answer) in enumerate(demo.answers(args.name, pipe, args.questions or (), audience=args.audience)):
         routed = f"   [adapter: {answer.metadata.get('adapter') or 'base'}]" if args.name == "support" else ""
+        if routed and answer.metadata.get("refused"):
+            routed = "   [declined before generating]"
         if i:
             print()
         print(f"Q: {question}{routed}")
         print("A: ", end="")
-        _print_answer(answer)
+        print_answer(answer)
         tokens = answer.generation.completion_tokens if answer.generation else 0
         log.info("(%d tokens in %.1fs)", tokens, time.perf_counter() - t)
         t = time.perf_counter()

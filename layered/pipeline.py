@@ -53,24 +53,16 @@ class Pipeline:
         metadata: dict[str, Any] | None = None, router: Router | None = None, min_score: float | None = None,
         refusal: str = DEFAULT_REFUSAL, grounding: str = "mark", history_query: str = DEFAULT_QUERY, abstain: Answerability | None = None,
     ) -> None:
-        """``metadata`` is free-form JSON-ready data saved with the pipeline (e.g. corpus hashes).
-        ``router`` chooses the adapter for questions whose request names none. With
-        ``min_score``, passages scoring below it are dropped, and a question that keeps no
-        passage is answered with ``refusal`` instead of generating (``metadata["refused"]``):
-        the scale is the retriever's (cosine for dense retrieval). ``grounding`` checks every
-        answer sentence against the passages shown (:func:`~layered.prompts.grounding.sentence_support`):
-        ``"mark"`` reports unsupported sentences in ``answer.metadata["grounding"]``, ``"drop"``
-        also removes them (an answer with no supported sentence left quotes the best passage
-        instead), ``"off"`` skips the check. ``history_query`` is how :meth:`chat` turns a follow-up
-        into a retrieval query (one of :data:`~layered.prompts.conversation.QUERY_METHODS`).
-        ``abstain`` (an :class:`~layered.answerability.Answerability`) decides, before generating, whether
-        some retrieved passage answers the question: when none reaches its threshold the pipeline declines
-        with ``refusal`` followed by the subjects of what it found; when one does, the passages are shown
-        best first and those below its ``keep`` are left out. The decision is in ``answer.metadata["answerability"]``.
+        """``metadata``: free-form JSON-ready data saved with the pipeline. ``router`` chooses the adapter for requests naming
+        none. With ``min_score`` (the retriever's scale), passages below it are dropped and a question keeping none gets
+        ``refusal`` without generating (``metadata["refused"]``). ``grounding`` checks each answer sentence against the passages
+        (:func:`~layered.prompts.grounding.sentence_support`): ``"mark"`` reports unsupported ones, ``"drop"`` removes them
+        (quoting the best passage when none is left), ``"off"`` skips it. ``history_query``: how :meth:`chat` makes a follow-up
+        standalone (:data:`~layered.prompts.conversation.QUERY_METHODS`).
+        ``abstain`` (an :class:`~layered.answerability.Answerability`) decides before generating whether some
+        passage answers; when none does, the answer is ``refusal`` naming what was found (``metadata["answerability"]``).
         """
-        check_settings(k=k, grounding=grounding, history_query=history_query)
-        if abstain is not None and not isinstance(abstain, Answerability):
-            raise ConfigError(f"abstain must be an Answerability (layered.answerability), got {type(abstain).__name__}")
+        check_settings(k=k, grounding=grounding, history_query=history_query, abstain=abstain)
         self.abstain = abstain
         self.k, self.min_score, self.refusal, self.grounding, self.history_query = k, min_score, refusal, grounding, history_query
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -95,9 +87,8 @@ class Pipeline:
         chunk_overlap: int = CHUNK_OVERLAP, max_new_tokens: int = 256, prompt: PromptTemplate | None = None, progress: bool = False,
         metadata: dict[str, Any] | None = None, hybrid: bool = False, layout: str = "passages", embed: Any = None, **loader_options: Any,
     ) -> "Pipeline":
-        """A pipeline on the embedded defaults: MiniLM embeddings in FAISS, SmolLM2 generator. ``corpus``
-        is indexed now (:func:`layered.retrieval.defaults.index_corpus`, in one of its ``LAYOUTS``; ``embed``: where its chunks are
-        embedded, e.g. a :class:`~layered.retrieval.distributed.RayEmbedding`); the generator loads on first use."""
+        """MiniLM embeddings in FAISS and the SmolLM2 generator (loaded on first use); ``corpus`` is indexed now
+        (:func:`layered.retrieval.defaults.index_corpus`; ``embed``: where, e.g. a :class:`~layered.retrieval.distributed.RayEmbedding`)."""
         from layered.generation.transformers_generator import TransformersGenerator
         from layered.retrieval.defaults import index_corpus
 
@@ -113,8 +104,7 @@ class Pipeline:
         return self
 
     def add_documents(self, docs: Sequence[Document], *, progress: bool = False, embed: Any = None) -> Any:
-        """Index new or changed documents (unchanged ones are skipped); returns the retriever's report.
-        ``embed``: where new chunks are embedded (e.g. a :class:`~layered.retrieval.distributed.RayEmbedding`)."""
+        """Index new or changed documents (unchanged ones skipped; ``embed``: where); returns the retriever's report."""
         if not provides(self.retriever, Indexable):
             raise ConfigError("this pipeline's retriever cannot index documents (it has no add_documents)")
         options = {"embed": embed} if embed is not None else {}  # retrievers written before embed= keep working
@@ -151,22 +141,15 @@ class Pipeline:
 
     def passages(self, query: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
                  exclude: Sequence[str] = ()) -> tuple[list[Hit], Decision | None]:
-        """The passages a request for ``query`` is answered from, and the answerability decision (None
-        without ``abstain``): retrieved as :meth:`retrieve` does, then, when the decision answers, best
-        first and without those below its ``keep``. ``exclude`` names documents to leave out (the
-        retrieval reaches further down so ``k`` others can still come back): how :meth:`fit` builds
-        the abstention examples, whose answering passage is absent."""
+        """The passages a request for ``query`` is answered from and the ``abstain`` decision (None without one;
+        :meth:`~layered.answerability.Answerability.apply`). ``exclude``: documents left out, ``k`` others found
+        in their place (how :meth:`fit` builds abstention examples)."""
         n = self.k if k is None else k
-        hits = self.retrieve(query, k=n + len(exclude) if n and exclude else n, filters=filters, user=user)
-        if exclude:
-            gone = set(exclude)
-            hits = [h for h in hits if h.chunk.doc_id not in gone][:n]
-        embedder = self._embedder()
-        decision = (self.abstain.decide(query, hits, embed=None if embedder is None else embedder.embed)
-                    if self.abstain is not None and self.retriever is not None and n else None)
-        if decision is not None and decision.answerable:
-            hits = [hits[i] for i in decision.order]
-        return hits, decision
+        hits = [h for h in self.retrieve(query, k=n + len(exclude) if n and exclude else n, filters=filters, user=user)
+                if h.chunk.doc_id not in set(exclude)][:n]
+        if self.abstain is None or self.retriever is None or not n:
+            return hits, None
+        return self.abstain.apply(query, hits, self._embedder())
 
     def standalone_query(self, messages: Sequence[Any]) -> str:
         """What retrieval (and the router) use for a chat: the final question made standalone
@@ -178,8 +161,7 @@ class Pipeline:
         return self.pack_chat(question, (), hits, variables)
 
     def pack_chat(self, question: str, history: Sequence[Message], hits: Sequence[Hit], variables: dict[str, Any]) -> Prompt:
-        """Render ``question`` after the earlier turns ``history`` with ``hits`` (best first), fit to
-        the generator's budget as :func:`layered.prompts.packing.pack_chat` does."""
+        """Render ``question`` after ``history`` with ``hits`` (best first) in the budget (:func:`layered.prompts.packing.pack_chat`)."""
         return packing.pack_chat(self.prompt, question, history, hits, variables, keywords=self._render_keywords,
                                  budgeted=cast(TokenBudgeted, self.generator) if self._budgeted else None, embedder=self._embedder)
 
@@ -194,13 +176,9 @@ class Pipeline:
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
         adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
     ) -> Answer:
-        """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt.
-
-        ``adapter`` names the generator adapter to answer with (``"base"``: none); without it the
-        router decides, else the generator's default adapter answers. ``max_new_tokens`` caps this
-        answer's length (with the prompt's own per-audience cap, the smaller wins); the generator is
-        not changed, so concurrent requests never see it. ``ask(q)`` is ``chat([{"role": "user", "content": q}])``.
-        """
+        """Answer ``question`` grounded in retrieved passages; ``variables`` fill the prompt. ``adapter``: the one to answer
+        with (``"base"``: none; else the router's pick, else the default). ``max_new_tokens`` caps this answer only (the prompt's
+        per-audience cap too: the smaller wins). ``ask(q)`` is ``chat([{"role": "user", "content": q}])``."""
         check_question(question)
         return self.chat([Message("user", question)], k=k, filters=filters, user=user, adapter=adapter,
                          max_new_tokens=max_new_tokens, **variables)
@@ -209,13 +187,9 @@ class Pipeline:
         self, messages: Sequence[Any], *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
         adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
     ) -> Answer:
-        """Answer the last user message of a conversation, as :meth:`ask` answers a question.
-
-        ``messages``: :class:`~layered.types.Message` objects or ``{"role", "content"}`` dicts, the
-        whole history ending with the user's question (:func:`~layered.prompts.conversation.checked_messages`).
-        Retrieval and the router use the standalone query (:meth:`standalone_query`); the earlier turns
-        go into the prompt as far as the budget allows, oldest first out. Client system messages are ignored.
-        """
+        """Answer the last user message of ``messages`` (:class:`~layered.types.Message` objects or ``{"role", "content"}`` dicts,
+        the whole history; client system messages are ignored) as :meth:`ask` does. Retrieval and the router use the standalone
+        query (:meth:`standalone_query`); earlier turns fill the budget, oldest first out."""
         turn = self._turn(lambda: messages, k=k, filters=filters, user=user, adapter=adapter, max_new_tokens=max_new_tokens, variables=variables)
         generation = None if turn.refused else self.generator.generate(turn.prompt, **turn.options)
         return answer_turn(turn, generation, grounding=self.grounding)
@@ -224,9 +198,7 @@ class Pipeline:
         self, question: str, *, k: int | None = None, filters: Filters | None = None, user: User | None = None,
         adapter: str | None = None, max_new_tokens: int | None = None, **variables: Any,
     ) -> AnswerStream:
-        """The answer text in pieces as it is generated (same prompt and adapter as :meth:`ask`): its
-        ``metadata`` (``injection_suspects``, ``refused``) and ``sources`` fill in before the first piece;
-        ``citations`` and the rest of :meth:`ask`'s metadata once the last is out (see :func:`~layered.answers.stream_answer`)."""
+        """:meth:`ask`'s answer in pieces, showing only what ``ask`` returns (:func:`~layered.answers.stream_answer`)."""
         return self._stream(lambda: one_turn(question), k=k, filters=filters, user=user, adapter=adapter, max_new_tokens=max_new_tokens, variables=variables)
 
     def chat_stream(
@@ -240,10 +212,8 @@ class Pipeline:
         return stream_answer(lambda: self._turn(messages_of, **request), lambda prompt, **options: self.generator.stream(prompt, **options),
                              grounding=self.grounding)
 
-    def _turn(
-        self, messages_of: Callable[[], Sequence[Any]], *, k: int | None, filters: Filters | None, user: User | None, adapter: str | None,
-        max_new_tokens: int | None, variables: dict[str, Any],
-    ) -> Turn:
+    def _turn(self, messages_of: Callable[[], Sequence[Any]], *, k: int | None, filters: Filters | None, user: User | None,
+              adapter: str | None, max_new_tokens: int | None, variables: dict[str, Any]) -> Turn:
         """One request checked, routed and packed: everything :meth:`chat` and :meth:`stream` generate from."""
         check_max_new_tokens(max_new_tokens)
         turns = checked_messages(messages_of())

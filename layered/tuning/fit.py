@@ -30,7 +30,10 @@ def abstention_picks(examples: Sequence[Example], share: float, *, seed: int) ->
     judged = [i for i, e in enumerate(examples) if e.metadata.get("doc_ids")]
     if share and not judged:
         raise InputError("abstain_share needs examples that name the documents answering them (metadata['doc_ids'])")
-    return set(random.Random(f"abstain:{seed}").sample(judged, round(share * len(judged)))) if share else set()
+    picks = set(random.Random(f"abstain:{seed}").sample(judged, round(share * len(judged)))) if share else set()
+    if picks:
+        log.info("%d of %d training examples are abstention examples (answering passage left out)", len(picks), len(examples))
+    return picks
 
 
 def _features(pipeline: TrainablePipeline, examples: Sequence[Example], *, distractors: int, what: str,
@@ -116,11 +119,8 @@ def fit_pipeline(
     ``check_forgetting``, the report's ``forgetting`` holds the perplexity of the base and
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
 
-    ``abstain_share`` (RAFT-style): that share of the training examples naming their answering documents
-    (``metadata["doc_ids"]``, picked seeded by :func:`abstention_picks`) is served with those documents
-    left out of retrieval and trained to answer the pipeline's ``refusal``
-    (:func:`~layered.tuning.formatting.format_example` with ``abstain=True``); RAFT kept the answering
-    passage in 40-100% of examples, i.e. a share of 0-0.6. Validation examples are served as they are.
+    ``abstain_share`` (RAFT-style, :func:`abstention_picks`): that share of examples is served without their answering
+    documents and trained to answer the pipeline's ``refusal``; RAFT kept the answering passage in 40-100% of examples.
     """
     config = config or TuneConfig()
     runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
@@ -128,10 +128,8 @@ def fit_pipeline(
     val = None if val is None else [_as_example(e) for e in val]
     generator = _tunable(pipeline.generator)
     train_examples, val = _held_out(train_examples, val, seed=config.seed)
-    picks = abstention_picks(train_examples, abstain_share, seed=config.seed)
-    if picks:
-        log.info("%d of %d training examples are abstention examples (answering passage left out)", len(picks), len(train_examples))
-    train_set = _features(pipeline, train_examples, distractors=distractors, what="training", abstain=picks)
+    train_set = _features(pipeline, train_examples, distractors=distractors, what="training",
+                          abstain=abstention_picks(train_examples, abstain_share, seed=config.seed))
     val_set = _features(pipeline, val, distractors=0, what="validation")
     tokenizer = generator.tokenizer
     pad_id = _pad_id(tokenizer)

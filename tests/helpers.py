@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,3 +62,22 @@ def medquad_topics(n_topics: int) -> tuple[list[Document], list["Pair"]]:
     rows = [r for r in rows if r["focus"] in topics]
     docs = [Document(id=r["id"], text=r["answer"], metadata={"title": r["focus"]}) for r in rows]
     return docs, [Pair(r["question"], r["id"], r["focus"]) for r in rows]
+
+
+def raw_exchange(srv, data: bytes, *, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Send raw bytes on one connection to ``srv``; read until the server closes it (True) or goes quiet (False)."""
+    with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                block = s.recv(65536)
+            except socket.timeout:
+                return out, False
+            except ConnectionResetError:
+                return out, True
+            if not block:
+                return out, True
+            out += block
+        return out, False

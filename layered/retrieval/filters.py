@@ -53,6 +53,16 @@ class User:
         return (PUBLIC, f"user:{self.id}", *(f"group:{g}" for g in self.groups))
 
 
+#: The filter that keeps only public chunks (access list holding ``"*"``): what training and a
+#: ``--public-only`` server see when no principal is named.
+PUBLIC_ONLY: dict[str, ContainsAny] = {ACCESS_KEY: ContainsAny((PUBLIC,))}
+
+
+def access_scope(user: User | None) -> dict[str, Any]:
+    """The retrieval keywords (``user=`` or ``filters=``) for acting as ``user``; None: public documents only."""
+    return {"user": user} if user is not None else {"filters": PUBLIC_ONLY}
+
+
 def access_filter(user: User) -> dict[str, ContainsAny]:
     """The filter that keeps only chunks ``user`` may see."""
     return {ACCESS_KEY: ContainsAny(user.principals())}

@@ -20,13 +20,13 @@ import ipaddress
 from typing import Any, Iterable, Sequence
 
 from layered.errors import ConfigError
-from layered.retrieval.filters import ContainsAny
+from layered.retrieval import filters
 from layered.types import ACCESS_KEY, PUBLIC
 
 #: The default trusted proxies: this host only.
 LOOPBACK = ("127.0.0.1", "::1")
 #: The filter of a public-only server: chunks whose access list includes ``"*"``.
-PUBLIC_ONLY = {ACCESS_KEY: ContainsAny((PUBLIC,))}
+PUBLIC_ONLY = filters.PUBLIC_ONLY
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

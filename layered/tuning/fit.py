@@ -37,11 +37,11 @@ def abstention_picks(examples: Sequence[Example], share: float, *, seed: int) ->
 
 
 def _features(pipeline: TrainablePipeline, examples: Sequence[Example], *, distractors: int, what: str,
-              abstain: set[int] | None = None) -> list[Features]:
+              abstain: set[int] | None = None, user: Any = None) -> list[Features]:
     out, too_long = [], []
     for i, ex in enumerate(examples):
         try:
-            out.append(format_example(pipeline, ex, distractors=distractors, pool=examples, abstain=i in (abstain or ())))
+            out.append(format_example(pipeline, ex, distractors=distractors, pool=examples, abstain=i in (abstain or ()), user=user))
         except ContextOverflowError:
             too_long.append(ex)
     if too_long:
@@ -105,6 +105,7 @@ def fit_pipeline(
     stop_after: int | None = None,
     name: str = DEFAULT,
     abstain_share: float = 0.0,
+    user: Any = None,
 ) -> TrainReport:
     """Format, check, attach the method's adapter (as ``name``) and train (:meth:`layered.Pipeline.fit`).
 
@@ -121,6 +122,8 @@ def fit_pipeline(
 
     ``abstain_share`` (RAFT-style, :func:`abstention_picks`): that share of examples is served without their answering
     documents and trained to answer the pipeline's ``refusal``; RAFT kept the answering passage in 40-100% of examples.
+    ``user`` (a :class:`~layered.retrieval.filters.User`): the principal training runs as; None: public documents only.
+    The report records that scope (``access_scope``) and every document whose passages were in a prompt (``documents``).
     """
     config = config or TuneConfig()
     runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
@@ -129,8 +132,8 @@ def fit_pipeline(
     generator = _tunable(pipeline.generator)
     train_examples, val = _held_out(train_examples, val, seed=config.seed)
     train_set = _features(pipeline, train_examples, distractors=distractors, what="training",
-                          abstain=abstention_picks(train_examples, abstain_share, seed=config.seed))
-    val_set = _features(pipeline, val, distractors=0, what="validation")
+                          abstain=abstention_picks(train_examples, abstain_share, seed=config.seed), user=user)
+    val_set = _features(pipeline, val, distractors=0, what="validation", user=user)
     tokenizer = generator.tokenizer
     pad_id = _pad_id(tokenizer)
     if check_forgetting:
@@ -145,6 +148,8 @@ def fit_pipeline(
                    stop_after=stop_after)
     model.eval()
     report.val_losses.insert(0, (0, before))
+    report.access_scope = list(user.principals()) if user is not None else ["*"]
+    report.documents = sorted({d for f in (*train_set, *val_set) for d in f.documents})
     if check_forgetting:
         from layered.evaluation.perplexity import ForgettingReport
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from layered.errors import ConfigError, ContextOverflowError, InputError
 from layered.generation.common import chat_messages
 from layered.prompts.injection import control_tokens, defuse_control_tokens
 from layered.protocols import TrainablePipeline
+from layered.retrieval.filters import User, access_scope
 from layered.types import Example, Hit, Message
 
 IGNORE = -100
@@ -35,30 +36,36 @@ class Features:
 
     input_ids: list[int]
     labels: list[int]
+    #: The documents whose passages are in the prompt (the example's lineage).
+    documents: tuple[str, ...] = ()
 
     @property
     def answer_tokens(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
-def _distractors(pipeline: TrainablePipeline, example: Example, pool: Sequence[Example], n: int, rng: random.Random) -> list[Hit]:
+def _distractors(pipeline: TrainablePipeline, example: Example, pool: Sequence[Example], n: int, rng: random.Random,
+                 scope: dict[str, Any]) -> list[Hit]:
     others = [e for e in pool if e.question != example.question]
     picked: list[Hit] = []
     for other in rng.sample(others, min(n, len(others))):
-        hits = pipeline.retrieve(other.question, k=1)
+        hits = pipeline.retrieve(other.question, k=1, **scope)
         picked.extend(hits[:1])
     return picked
 
 
 def format_example(
     pipeline: TrainablePipeline, example: Example, *, distractors: int = 0, pool: Sequence[Example] = (), seed: int = 0,
-    abstain: bool = False,
+    abstain: bool = False, user: User | None = None,
 ) -> Features:
     """Token ids and labels for ``example`` as ``pipeline`` would serve it (see module docstring).
 
-    Raises :class:`ContextOverflowError` when prompt plus answer do not fit the generator's
-    context window (even after the prompt drops passages to its budget).
+    Training runs as a principal: ``user`` sees what that user may see; None, the default, public
+    documents only (access list holding ``"*"``), so a restricted passage never enters a prompt or,
+    through it, the adapter's weights. Raises :class:`ContextOverflowError` when prompt plus answer
+    do not fit the generator's context window (even after the prompt drops passages to its budget).
     """
+    scope = access_scope(user)
     generator = pipeline.generator
     tokenizer = generator.tokenizer
     turns = (*example.history, Message("user", example.question))
@@ -68,12 +75,12 @@ def format_example(
         if not relevant:
             raise InputError(f"an abstention example needs the ids of the documents that answer it (metadata['doc_ids']): "
                              f"{example.question[:50]!r}")
-        hits, _ = pipeline.passages(pipeline.standalone_query(turns), exclude=[str(d) for d in relevant])
+        hits, _ = pipeline.passages(pipeline.standalone_query(turns), exclude=[str(d) for d in relevant], **scope)
         prompt, answer = pipeline.pack_chat(example.question, example.history, hits, dict(example.variables)), pipeline.refusal
     else:
-        prompt = pipeline.build_chat_prompt(turns, **dict(example.variables))
+        prompt = pipeline.build_chat_prompt(turns, **scope, **dict(example.variables))
     if distractors and pipeline.retriever is not None:
-        extra = _distractors(pipeline, example, pool, distractors, random.Random(f"{seed}:{example.question}"))
+        extra = _distractors(pipeline, example, pool, distractors, random.Random(f"{seed}:{example.question}"), scope)
         known = {h.chunk.id for h in prompt.context}
         hits = list(prompt.context) + [h for h in extra if h.chunk.id not in known]
         random.Random(seed).shuffle(hits)  # the right passage is not always first
@@ -94,4 +101,4 @@ def format_example(
             "drop it in cleaning (max_chars) or lower k"
         )
     labels = [IGNORE] * len(prompt_ids) + full_ids[len(prompt_ids):]
-    return Features(input_ids=full_ids, labels=labels)
+    return Features(input_ids=full_ids, labels=labels, documents=tuple(dict.fromkeys(h.chunk.doc_id for h in prompt.context)))

@@ -49,6 +49,10 @@ class TrainReport:
     output_dir: str = ""
     #: Perplexity on general text, base vs tuned (a ForgettingReport; set by ``Pipeline.fit``).
     forgetting: Any = None
+    #: The principals training ran as (``["*"]``: public documents only) and every document whose
+    #: passages were in a training or validation prompt (set by ``Pipeline.fit``): the adapter's lineage.
+    access_scope: list[str] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
 
 
 def uses_bf16(config: TuneConfig) -> bool:

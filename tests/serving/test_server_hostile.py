@@ -16,7 +16,7 @@ from layered.retrieval.dense import DenseRetriever
 from layered.retrieval.embedders import HashingEmbedder
 from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Document
-from tests.helpers import request
+from tests.helpers import raw_exchange, request
 
 SECRET = "Staff-only note about the thyroid drug trial schedule."
 
@@ -31,22 +31,7 @@ def pipe(tiny_generator, docs):
 
 def exchange(srv, data: bytes, *, timeout: float = 5.0) -> bytes:
     """Send raw bytes on one connection and read until the server closes it (or goes quiet)."""
-    with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                block = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                break
-            if not block:
-                break
-            out += block
-        return out
-
+    return raw_exchange(srv, data, timeout=timeout)[0]
 
 def statuses(raw: bytes) -> list[int]:
     return [int(line.split()[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]

@@ -22,7 +22,7 @@ from layered.retrieval.embedders import HashingEmbedder
 from layered.serving.access import PUBLIC_ONLY
 from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Document
-from tests.helpers import request
+from tests.helpers import raw_exchange, request
 
 SECRET = "Board-only memo about the merger of the thyroid clinics."
 QUESTION = {"question": "board-only memo merger thyroid clinics", "k": 11}
@@ -48,22 +48,7 @@ def ask_from(srv, source: str, headers: dict[str, str], body=QUESTION):
 
 def exchange(srv, data: bytes, *, timeout: float = 5.0) -> tuple[bytes, bool]:
     """Send raw bytes on one connection; read until the server closes it (True) or goes quiet (False)."""
-    with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                block = s.recv(65536)
-            except socket.timeout:
-                return out, False
-            except ConnectionResetError:
-                return out, True
-            if not block:
-                return out, True
-            out += block
-        return out, False
-
+    return raw_exchange(srv, data, timeout=timeout)
 
 def statuses(raw: bytes) -> list[int]:
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]  # pipelined answers follow a body directly

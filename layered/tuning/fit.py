@@ -84,6 +84,13 @@ def _held_out(train: list[Example], val: list[Example] | None, *, seed: int) -> 
     return train, val
 
 
+def _lineage(report: TrainReport, user: Any, features: Sequence[Features]) -> None:
+    """Record in ``report`` whom training ran as (``access_scope``; ``["*"]``: public documents only) and every
+    document whose passages were in a training or validation prompt (``documents``)."""
+    report.access_scope = list(user.principals()) if user is not None else ["*"]
+    report.documents = sorted({d for f in features for d in f.documents})
+
+
 def _pad_id(tokenizer: Any) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
@@ -102,10 +109,8 @@ def fit_pipeline(
     distractors: int = 0,
     progress: bool = True,
     check_forgetting: bool = True,
-    stop_after: int | None = None,
-    name: str = DEFAULT,
-    abstain_share: float = 0.0,
-    user: Any = None,
+    stop_after: int | None = None, name: str = DEFAULT,
+    abstain_share: float = 0.0, user: Any = None,  # RAFT-style abstention; the principal training runs as
 ) -> TrainReport:
     """Format, check, attach the method's adapter (as ``name``) and train (:meth:`layered.Pipeline.fit`).
 
@@ -120,10 +125,8 @@ def fit_pipeline(
     ``check_forgetting``, the report's ``forgetting`` holds the perplexity of the base and
     the tuned model on shipped general text (see :mod:`layered.evaluation.perplexity`).
 
-    ``abstain_share`` (RAFT-style, :func:`abstention_picks`): that share of examples is served without their answering
-    documents and trained to answer the pipeline's ``refusal``; RAFT kept the answering passage in 40-100% of examples.
-    ``user`` (a :class:`~layered.retrieval.filters.User`): the principal training runs as; None: public documents only.
-    The report records that scope (``access_scope``) and every document whose passages were in a prompt (``documents``).
+    ``abstain_share`` (:func:`abstention_picks`) is served without its answering documents, trained to answer ``refusal``;
+    ``user``: None trains on public documents only (:func:`_lineage`).
     """
     config = config or TuneConfig()
     runtime.check_can_add(name, config.method, {})  # a bad name is refused before any work
@@ -148,8 +151,7 @@ def fit_pipeline(
                    stop_after=stop_after)
     model.eval()
     report.val_losses.insert(0, (0, before))
-    report.access_scope = list(user.principals()) if user is not None else ["*"]
-    report.documents = sorted({d for f in (*train_set, *val_set) for d in f.documents})
+    _lineage(report, user, [*train_set, *val_set])
     if check_forgetting:
         from layered.evaluation.perplexity import ForgettingReport
 

@@ -81,3 +81,15 @@ def raw_exchange(srv, data: bytes, *, timeout: float = 5.0) -> tuple[bytes, bool
                 return out, True
             out += block
         return out, False
+
+
+def pipe_with_secret(generator, docs: list[Document], secret: Document):  # type: ignore[no-untyped-def]
+    """A pipeline over ten public sample pages and one restricted ``secret`` (hashing embedder, k=11: every chunk)."""
+    from layered import Pipeline
+    from layered.retrieval.chunkers import TokenChunker
+    from layered.retrieval.dense import DenseRetriever
+    from layered.retrieval.embedders import HashingEmbedder
+
+    retriever = DenseRetriever(embedder=HashingEmbedder(128), chunker=TokenChunker(size=60, overlap=10))
+    retriever.add_documents([*docs[:10], secret])
+    return Pipeline(generator=generator, retriever=retriever, k=11)

@@ -11,22 +11,16 @@ import pytest
 
 from layered import Pipeline
 from layered.errors import ConfigError
-from layered.retrieval.chunkers import TokenChunker
-from layered.retrieval.dense import DenseRetriever
-from layered.retrieval.embedders import HashingEmbedder
 from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Document
-from tests.helpers import raw_exchange, request
+from tests.helpers import pipe_with_secret, raw_exchange, request
 
 SECRET = "Staff-only note about the thyroid drug trial schedule."
 
 
 @pytest.fixture
 def pipe(tiny_generator, docs):
-    retriever = DenseRetriever(embedder=HashingEmbedder(128), chunker=TokenChunker(size=60, overlap=10))
-    secret = Document(id="secret", text=SECRET, source="memo", metadata={"access": ["group:staff"]})
-    retriever.add_documents([*docs[:10], secret])
-    return Pipeline(generator=tiny_generator, retriever=retriever, k=11)
+    return pipe_with_secret(tiny_generator, docs, Document(id="secret", text=SECRET, source="memo", metadata={"access": ["group:staff"]}))
 
 
 def exchange(srv, data: bytes, *, timeout: float = 5.0) -> bytes:

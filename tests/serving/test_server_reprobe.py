@@ -14,15 +14,11 @@ import time
 
 import pytest
 
-from layered import Pipeline
 from layered.errors import ConfigError
-from layered.retrieval.chunkers import TokenChunker
-from layered.retrieval.dense import DenseRetriever
-from layered.retrieval.embedders import HashingEmbedder
 from layered.serving.access import PUBLIC_ONLY
 from layered.serving.server import PipelineServer, ServeOptions
 from layered.types import Document
-from tests.helpers import raw_exchange, request
+from tests.helpers import pipe_with_secret, raw_exchange, request
 
 SECRET = "Board-only memo about the merger of the thyroid clinics."
 QUESTION = {"question": "board-only memo merger thyroid clinics", "k": 11}
@@ -30,10 +26,7 @@ QUESTION = {"question": "board-only memo merger thyroid clinics", "k": 11}
 
 @pytest.fixture
 def pipe(tiny_generator, docs):
-    retriever = DenseRetriever(embedder=HashingEmbedder(128), chunker=TokenChunker(size=60, overlap=10))
-    secret = Document(id="merger", text=SECRET, source="memo", metadata={"access": ["group:exec"]})
-    retriever.add_documents([*docs[:10], secret])
-    return Pipeline(generator=tiny_generator, retriever=retriever, k=11)
+    return pipe_with_secret(tiny_generator, docs, Document(id="merger", text=SECRET, source="memo", metadata={"access": ["group:exec"]}))
 
 
 def ask_from(srv, source: str, headers: dict[str, str], body=QUESTION):
